@@ -1,0 +1,1 @@
+"""The benchmark harness: runs stages and peers, writes results, draws charts."""

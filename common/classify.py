@@ -1,0 +1,102 @@
+"""Classify photos with a stage (or with the judge): `python -m common.classify IMAGE... [--stage 06]`.
+
+Prints the top-5 ImageNet classes with probabilities and the latency, or one JSON object per image with
+--format json. A bad image is reported in one line on stderr and the others are still classified; the
+exit status is then 2. With random weights (the offline fallback) a warning says the labels mean nothing.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common import stages
+from common.errors import ImageError, LadderError
+from common.images import expand_paths, load_image, sample_images
+from common.labels import class_names
+from common.timing import timed_call
+from common.weights import WeightStore
+
+RANDOM_WARNING = (
+    "WARNING: these are seeded random weights (the offline fallback), so the class names below mean "
+    "NOTHING. For real predictions run `make weights SOURCE=hub` on a machine with network access."
+)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def build_model(stage: str, store: WeightStore):
+    """('ref' or a stage key, store) -> (model, label)."""
+    if stage == "ref":
+        from common.reference import Reference
+
+        return Reference(store), "ref (ONNX Runtime)"
+    info = stages.find(stage)
+    return stages.load(info).ResNet50(store, max_batch=1), info.name
+
+
+def classify(model, path: Path, top: int) -> dict:
+    x = load_image(path)[None]
+    logits, seconds, compiling = timed_call(model, x)
+    probs = softmax(logits[0])
+    best = np.argsort(-probs, kind="stable")[:top]
+    names = class_names()
+    return {
+        "file": str(path),
+        "top": [{"index": int(i), "name": names[i], "probability": round(float(probs[i]), 6)} for i in best],
+        "latency_ms": round(seconds * 1e3, 3),
+        "compile_s": round(compiling, 3),
+    }
+
+
+def print_text(result: dict, label: str) -> None:
+    extra = f"; the first call also compiled for {result['compile_s']:.1f} s" if result["compile_s"] > 0.05 else ""
+    print(f"{result['file']}  ({label}: {result['latency_ms']:.1f} ms{extra})")
+    for rank, entry in enumerate(result["top"], start=1):
+        print(f"  {rank}. {100 * entry['probability']:5.1f}%  {entry['name']} ({entry['index']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m common.classify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("images", nargs="*", help="image files or folders (default: every image in images/)")
+    parser.add_argument("--stage", default=None, help="01, 02, ... or 'ref' for ONNX Runtime (default: the last)")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--weights", type=Path, default=None, help="weight store (default: weights/)")
+    args = parser.parse_args(argv)
+    try:
+        store = WeightStore(args.weights)
+        stage = args.stage or stages.available()[-1].key
+        model, label = build_model(stage, store)
+        paths = expand_paths(args.images) if args.images else sample_images()
+    except LadderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if store.is_random:
+        print(RANDOM_WARNING, file=sys.stderr)
+    status = 0
+    for path in paths:
+        try:
+            result = classify(model, path, args.top)
+        except ImageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = 2
+            continue
+        if args.format == "json":
+            result.update(stage=label, weights=store.source, weights_random=store.is_random)
+            print(json.dumps(result), flush=True)
+        else:
+            print_text(result, label)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Every stage against the judge (ONNX Runtime) on every sample image, with DESIGN.md's tolerance."""
+
+import numpy as np
+import pytest
+
+from common import stages
+from common.errors import ModelInputError
+from common.reference import compare
+from tests.conftest import stage_params
+
+
+@pytest.mark.parametrize("stage", stage_params())
+def test_stage_matches_judge_on_every_sample_image(stage, store, sample_batch, judge_logits):
+    batch, paths = sample_batch
+    model = stages.load(stage).ResNet50(store, max_batch=len(batch))
+    logits = model(batch)
+    assert logits.shape == (len(batch), 1000) and logits.dtype == np.float32
+    for i, path in enumerate(paths):
+        verdict = compare(logits[i], judge_logits[i])
+        assert verdict.ok, f"{stage.name} on {path.name}: {verdict}"
+
+
+@pytest.mark.parametrize("stage", stage_params())
+def test_stage_refuses_bad_input_before_computing(stage, store):
+    model = stages.load(stage).ResNet50(store, max_batch=2)
+    good = np.zeros((1, 3, 224, 224), np.float32)
+    bad = {
+        "shape": np.zeros((1, 3, 225, 224), np.float32),
+        "channels last": np.zeros((1, 224, 224, 3), np.float32),
+        "dtype": good.astype(np.float64),
+        "layout": np.asfortranarray(good),
+        "batch": np.zeros((3, 3, 224, 224), np.float32),
+        "nan": np.full((1, 3, 224, 224), np.nan, np.float32),
+        "not an array": [[0.0]],
+    }
+    for what, x in bad.items():
+        with pytest.raises(ModelInputError) as info:
+            model(x)
+        assert isinstance(info.value, ValueError), what
+        assert "\n" not in str(info.value), what
