@@ -24,7 +24,7 @@ FORMAT ?= text
 A ?=
 B ?=
 
-.PHONY: help setup weights test bench chart classify profile regress baseline diff codegen lint torch openvino clean
+.PHONY: help setup weights test bench chart classify profile regress baseline diff codegen lint torch openvino clean clean-cache
 
 help:
 	@echo "make bench                  every stage and peer on images/, results/ + charts + README table (QUICK=1, STAGES=01,06)"
@@ -37,7 +37,7 @@ help:
 	@echo "make diff A=03 B=04         the lesson between two stages"
 	@echo "make codegen                write stage 05's generated kernels to codegen/ to read"
 	@echo "make torch | make openvino  install an optional peer into .venv"
-	@echo "make lint | make clean"
+	@echo "make lint | make clean | make clean-cache (generated kernels in ~/.cache/resnet50-ladder)"
 
 setup: $(SETUP)
 
@@ -106,3 +106,7 @@ openvino: $(SETUP)
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks .hypothesis codegen
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Generated kernels of every version made so far (one folder per generator version); rebuilt on next use.
+clean-cache:
+	rm -rf "$(or $(RESNET50_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/resnet50-ladder)/codegen"

@@ -213,10 +213,10 @@ def plan_arena(max_batch: int) -> tuple[dict[str, int], int]:
     Tensors are placed in the order they are made. A place is free for step i's output when the last step
     that reads its current tensor comes before i. Each place is as large as the largest tensor it holds.
     """
-    sizes = {spec.INPUT: aligned(max_batch * spec.IN_CHANNELS * spec.IMAGE_SIZE**2)}
+    sizes = {spec.INPUT: max_batch * aligned(spec.IN_CHANNELS * spec.IMAGE_SIZE**2)}
     last_read = {}
     for i, step in enumerate(spec.STEPS):
-        sizes[step.dst] = aligned(max_batch * math.prod(step.shape))
+        sizes[step.dst] = max_batch * aligned(math.prod(step.shape))
         last_read[step.src] = i
         if step.residual:
             last_read[step.residual] = i

@@ -1,0 +1,38 @@
+"""`make codegen`: write the source that code-generating stages compile, to a visible folder to read.
+
+The stages themselves keep it in a private cache folder (see common/paths.py); this copy is for study.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from common import stages
+from common.errors import LadderError
+from common.weights import WeightStore
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.codegen_dump", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("codegen"))
+    args = parser.parse_args(argv)
+    try:
+        store = WeightStore(verify=False)
+        args.out.mkdir(parents=True, exist_ok=True)
+        for info in stages.available():
+            module = stages.load(info)
+            if not hasattr(module, "generate"):
+                continue
+            source = module.ResNet50(store).source
+            path = args.out / f"{info.name}.py"
+            path.write_text(source, encoding="utf-8")
+            kernels = source.count("\ndef conv_")
+            print(f"{path}: {len(source.splitlines())} lines, {kernels} conv kernels (search for a layer's name)")
+    except LadderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

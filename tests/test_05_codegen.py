@@ -1,0 +1,96 @@
+"""Stage 05's claims: readable generated source with literal shapes, one kernel per distinct layer shape,
+kept in a private cache, and a second construction in a new process compiles nothing."""
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from common import spec, stages
+from common.paths import ROOT
+
+BUILD = r"""
+import json, sys
+from common import stages
+from common.images import load_batch, sample_images
+from common.timing import compile_clock
+from common.weights import WeightStore
+stage = stages.load(sys.argv[2])
+with compile_clock() as clock:
+    model = stage.ResNet50(WeightStore(sys.argv[1], verify=False))
+    model(load_batch(sample_images()[:1])[0])
+stats = model.forward.stats
+print(json.dumps({"compile_s": clock.seconds, "hits": sum(stats.cache_hits.values()),
+                  "misses": sum(stats.cache_misses.values()), "path": model.forward.py_func.__code__.co_filename}))
+"""
+
+
+def build_in_new_process(store, stage: str, cache) -> dict:
+    env = {**os.environ, "RESNET50_CACHE": str(cache)}
+    run = subprocess.run(
+        [sys.executable, "-c", BUILD, str(store.path), stage],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def model(store):
+    return stages.load("05").ResNet50(store)
+
+
+def kernel(source: str, name: str) -> str:
+    start = source.index(f"def {name}(")
+    end = source.find("\n\n\n", start)
+    return source[start:end]
+
+
+def test_one_kernel_per_distinct_layer_shape(model):
+    shapes = {(c.cin, c.h_in, c.w_in, c.cout, c.kernel, c.stride) for c in spec.CONVS}
+    defined = re.findall(r"^def (conv_\w+)\(", model.source, re.M)
+    assert len(defined) == len(set(defined)) == len(shapes) == 23
+
+
+def test_the_kernel_for_layer3_0_conv2_is_readable_with_literal_sizes(model):
+    c = spec.STEP_BY_NAME["layer3.0.conv2"].conv  # 256x28x28 -> 256x14x14, 3x3, stride 2
+    text = kernel(model.source, f"conv_{c.cin}x{c.h_in}x{c.w_in}_to_{c.cout}_k3_s2")
+    assert "layer3.0.conv2" in text.splitlines()[1]  # the docstring names the layers that use it
+    for literal in [f"range({c.cin})", f"range({c.h_out})", f"range({c.w_out})", "range(768)", "oh * 2 + kh"]:
+        assert literal in text, literal
+    body = text.split('"""')[2]
+    assert re.findall(r"\.shape\b", body) == [".shape"], "only the batch size x.shape[0] is read at run time"
+
+
+def test_the_forward_pass_is_straight_line_with_every_layer_named(model):
+    fwd = kernel(model.source, "forward")
+    for step in spec.STEPS:
+        assert f"# {step.name}\n" in fwd
+    assert "for " not in fwd.split('"""')[2], "the generated forward pass has no loop over layers"
+
+
+def test_generated_source_lives_in_a_private_cache(model):
+    path = model.forward.py_func.__code__.co_filename
+    with open(path) as f:
+        assert f.read() == model.source
+    folder = os.path.dirname(path)
+    assert stat.S_IMODE(os.stat(folder).st_mode) & 0o077 == 0
+    assert os.stat(folder).st_uid == os.getuid()
+
+
+def test_a_second_construction_in_a_new_process_compiles_nothing(store, tmp_path):
+    cache = tmp_path / "cache"
+    first = build_in_new_process(store, "05", cache)
+    second = build_in_new_process(store, "05", cache)
+    assert first["misses"] >= 1 and first["compile_s"] > 5.0
+    assert second["misses"] == 0 and second["hits"] >= 1
+    assert second["compile_s"] < 0.05 * first["compile_s"], (first, second)
+    assert second["path"].startswith(str(cache))
