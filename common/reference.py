@@ -92,6 +92,24 @@ def session(model: onnx.ModelProto, threads: int = 1, spinning: bool = True):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
+def conv_reference(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
+    """One ONNX Conv node run by ONNX Runtime: the judge's answer for a single convolution."""
+    k = w.shape[2]
+    node = helper.make_node(
+        "Conv", ["x", "w"], ["y"], kernel_shape=[k, k], strides=[stride, stride], pads=[pad, pad, pad, pad]
+    )
+    graph = helper.make_graph(
+        [node],
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return session(model).run(["y"], {"x": x})[0]
+
+
 class Reference:
     """ONNX Runtime with the stage contract: Reference(weights)(x) -> logits."""
 

@@ -64,7 +64,15 @@ def test_the_kernel_for_layer3_0_conv2_is_readable_with_literal_sizes(model):
     c = spec.STEP_BY_NAME["layer3.0.conv2"].conv  # 256x28x28 -> 256x14x14, 3x3, stride 2
     text = kernel(model.source, f"conv_{c.cin}x{c.h_in}x{c.w_in}_to_{c.cout}_k3_s2")
     assert "layer3.0.conv2" in text.splitlines()[1]  # the docstring names the layers that use it
-    for literal in [f"range({c.cin})", f"range({c.h_out})", f"range({c.w_out})", "range(768)", "oh * 2 + kh"]:
+    literals = [
+        f"range(0, {c.cin}, 16)",  # input channels, copied 16 at a time
+        f"range({c.cout // 8})",  # blocks of 8 output channels
+        f"range({c.h_out})",
+        f"range({c.w_out})",
+        "range(768)",  # one dot product: 3 taps x 256 channels
+        "oh * 2 + kh",  # the stride
+    ]
+    for literal in literals:
         assert literal in text, literal
     body = text.split('"""')[2]
     assert re.findall(r"\.shape\b", body) == [".shape"], "only the batch size x.shape[0] is read at run time"

@@ -58,9 +58,11 @@ def batchnorm(x, gamma, beta, mean, var, eps):
     y = np.empty_like(x)
     for n in range(n_img):
         for ch in range(c):
+            scale = gamma[ch] / np.sqrt(var[ch] + eps)  # once per channel, so the inner loop is a multiply-add
+            shift = beta[ch] - mean[ch] * scale
             for i in range(h):
                 for j in range(wd):
-                    y[n, ch, i, j] = (x[n, ch, i, j] - mean[ch]) / np.sqrt(var[ch] + eps) * gamma[ch] + beta[ch]
+                    y[n, ch, i, j] = x[n, ch, i, j] * scale + shift
     return y
 
 
@@ -118,7 +120,7 @@ def avgpool(x):
     return y
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def fc(x, w, b):
     n_img, cin = x.shape
     cout = w.shape[0]

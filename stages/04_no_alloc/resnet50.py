@@ -54,28 +54,31 @@ def conv2d(x, w, stride, pad, y, scratch):
 
 
 @njit(cache=True)
-def batchnorm(x, gamma, beta, mean, var, eps, y):
-    n_img, c, h, wd = x.shape
+def batchnorm(y, gamma, beta, mean, var, eps):
+    """In place. One array read and written: the compiler needs no check that two arrays overlap."""
+    n_img, c, h, wd = y.shape
     for n in range(n_img):
         for ch in range(c):
+            scale = gamma[ch] / np.sqrt(var[ch] + eps)  # once per channel, so the inner loop is a multiply-add
+            shift = beta[ch] - mean[ch] * scale
             for i in range(h):
                 for j in range(wd):
-                    y[n, ch, i, j] = (x[n, ch, i, j] - mean[ch]) / np.sqrt(var[ch] + eps) * gamma[ch] + beta[ch]
+                    y[n, ch, i, j] = y[n, ch, i, j] * scale + shift
 
 
 @njit(cache=True)
-def relu(x, y):
-    flat_x = x.reshape(-1)
+def relu(y):
     flat_y = y.reshape(-1)
-    for i in range(flat_x.size):
-        flat_y[i] = max(flat_x[i], np.float32(0.0))
+    for i in range(flat_y.size):
+        flat_y[i] = max(flat_y[i], np.float32(0.0))
 
 
 @njit(cache=True)
-def add(a, b, y):
-    flat_a, flat_b, flat_y = a.reshape(-1), b.reshape(-1), y.reshape(-1)
-    for i in range(flat_a.size):
-        flat_y[i] = flat_a[i] + flat_b[i]
+def add(y, b):
+    """y += b, in place."""
+    flat_y, flat_b = y.reshape(-1), b.reshape(-1)
+    for i in range(flat_y.size):
+        flat_y[i] = flat_y[i] + flat_b[i]
 
 
 @njit(cache=True)
@@ -108,7 +111,7 @@ def avgpool(x, y):
             y[n, ch] = acc / np.float32(h * wd)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def fc(x, w, b, y):
     n_img, cin = x.shape
     cout = w.shape[0]
@@ -154,12 +157,11 @@ def run_plan(x, params, plan, arena, scratch, first, last):
                 params[p[MEAN] : p[MEAN] + co],
                 params[p[VAR] : p[VAR] + co],
                 BN_EPS,
-                dst,
             )
             if p[RES] >= 0:
-                add(dst, arena[p[RES] : p[RES] + n * co * ho * wo].reshape(n, co, ho, wo), dst)
+                add(dst, arena[p[RES] : p[RES] + n * co * ho * wo].reshape(n, co, ho, wo))
             if p[RELU]:
-                relu(dst, dst)
+                relu(dst)
         elif p[OP] == MAXPOOL:
             maxpool(src, p[K], p[STRIDE], p[PAD], arena[p[DST] : p[DST] + n * co * ho * wo].reshape(n, co, ho, wo))
         elif p[OP] == AVGPOOL:

@@ -116,12 +116,15 @@ def conv_source(c: spec.Conv, layers: list[str]) -> str:
         ]
     if border or width > (cols + 2 * border) * cin:
         out.append("    xp[:] = 0  # the border stays zero; every image overwrites the inside")
+    tile = 16 if cin % 16 == 0 else cin  # channels copied together: each 16 fill one cache line of xp
     out += [
         "    for n in range(x.shape[0]):",
-        f"        for ci in range({cin}):",
-        f"            for i in range({rows}):",
+        f"        for i in range({rows}):",
+        f"            for cb in range(0, {cin}, {tile}):",
         f"                for j in range({cols}):",
-        f"                    xp[i + {border}, (j + {border}) * {cin} + ci] = x[n, ci, i * {sample}, j * {sample}]",
+        f"                    for c in range({tile}):",
+        f"                        xp[i + {border}, (j + {border}) * {cin} + cb + c] = "
+        f"x[n, cb + c, i * {sample}, j * {sample}]",
     ]
     whole = cout - cout % V
     if whole:
@@ -132,28 +135,31 @@ def conv_source(c: spec.Conv, layers: list[str]) -> str:
 
 
 @njit(cache=True)
-def batchnorm(x, gamma, beta, mean, var, eps, y):
-    n_img, c, h, wd = x.shape
+def batchnorm(y, gamma, beta, mean, var, eps):
+    """In place. One array read and written: the compiler needs no check that two arrays overlap."""
+    n_img, c, h, wd = y.shape
     for n in range(n_img):
         for ch in range(c):
+            scale = gamma[ch] / np.sqrt(var[ch] + eps)  # once per channel, so the inner loop is a multiply-add
+            shift = beta[ch] - mean[ch] * scale
             for i in range(h):
                 for j in range(wd):
-                    y[n, ch, i, j] = (x[n, ch, i, j] - mean[ch]) / np.sqrt(var[ch] + eps) * gamma[ch] + beta[ch]
+                    y[n, ch, i, j] = y[n, ch, i, j] * scale + shift
 
 
 @njit(cache=True)
-def relu(x, y):
-    flat_x = x.reshape(-1)
+def relu(y):
     flat_y = y.reshape(-1)
-    for i in range(flat_x.size):
-        flat_y[i] = max(flat_x[i], np.float32(0.0))
+    for i in range(flat_y.size):
+        flat_y[i] = max(flat_y[i], np.float32(0.0))
 
 
 @njit(cache=True)
-def add(a, b, y):
-    flat_a, flat_b, flat_y = a.reshape(-1), b.reshape(-1), y.reshape(-1)
-    for i in range(flat_a.size):
-        flat_y[i] = flat_a[i] + flat_b[i]
+def add(y, b):
+    """y += b, in place."""
+    flat_y, flat_b = y.reshape(-1), b.reshape(-1)
+    for i in range(flat_y.size):
+        flat_y[i] = flat_y[i] + flat_b[i]
 
 
 @njit(cache=True)
@@ -186,7 +192,7 @@ def avgpool(x, y):
             y[n, ch] = acc / np.float32(h * wd)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def fc(x, w, b, y):
     n_img, cin = x.shape
     cout = w.shape[0]
@@ -228,12 +234,12 @@ def forward_source(tensor_at: dict[str, int], weight_at: dict[str, int]) -> str:
             out += [
                 f"        dst = {dst}",
                 f"        {conv_name(c)}({src}, {pool(c.weight, (c.cout, c.kernel, c.kernel * c.cin))}, dst, scratch)",
-                f"        batchnorm(dst, {', '.join(bn)}, BN_EPS, dst)",
+                f"        batchnorm(dst, {', '.join(bn)}, BN_EPS)",
             ]
             if step.residual:
-                out.append(f"        add(dst, {view(step.residual, step.shape)}, dst)")
+                out.append(f"        add(dst, {view(step.residual, step.shape)})")
             if step.relu:
-                out.append("        relu(dst, dst)")
+                out.append("        relu(dst)")
         elif step.op == "maxpool":
             out.append(f"        maxpool({src}, {', '.join(map(str, spec.MAXPOOL))}, {dst})")
         elif step.op == "avgpool":
