@@ -1,32 +1,170 @@
-"""Interim `make bench`: every stage on the sample images, checked against the judge, batch-1 latency."""
+"""`make bench`: every stage and every peer, in one process, on every sample image.
 
-import statistics
+Stages 01-05 run on one thread and are compared with the peers at one thread; stage 06 and later (the
+ones whose constructor takes `threads`) run on every usable core, next to the peers at every core. Each
+entry is checked against the judge before it is timed. Then the results file, the charts and the README
+table. QUICK=1 (--quick) for a pass of a minute or two; STAGES=01,06 (--stages) to pick.
+"""
+
+import argparse
+import inspect
+import os
 import sys
+import time
+from pathlib import Path
 
-from common import stages
+import numba
+import numpy as np
+from tqdm import tqdm
+
+from bench import chart, machine, peak, peers, pure_python, report, results
+from bench.measure import Entry, Turns, prepare, summary, time_latency, time_throughput
+from common import spec, stages
+from common.errors import LadderError
 from common.images import load_batch, sample_images
-from common.reference import Reference, compare
-from common.timing import timed_call
+from common.paths import RESULTS_DIR, ROOT
+from common.reference import Reference
 from common.weights import WeightStore
 
+# The C++ original's published latency per rung (cv_learning_resnet50, its author's machine).
+CPP_MS = {"01": 16923, "02": 4973, "03": 862, "04": 742, "05": 781, "06": 297}
 
-def main() -> int:
+FULL = {"budget_s": 20.0, "max_repeats": 30, "min_repeats": 3, "batch": 8, "tp_budget_s": 15.0, "tp_repeats": 5}
+MULTI_THREAD_TURNS = {"block": 5, "warmup": 1, "pause_s": 0.3}  # see bench/measure.py, Turns
+QUICK = {"budget_s": 4.0, "max_repeats": 6, "min_repeats": 1, "batch": 4, "tp_budget_s": 3.0, "tp_repeats": 2}
+
+
+def say(text: str) -> None:
+    tqdm.write(text, file=sys.stderr)
+
+
+def threaded(module) -> bool:
+    return "threads" in inspect.signature(module.ResNet50.__init__).parameters
+
+
+def stage_entries(selected: list[stages.StageInfo], store: WeightStore, cores: int) -> list[Entry]:
+    out = []
+    for info in selected:
+        module = stages.load(info)
+        threads = cores if threaded(module) else 1
+
+        def make(max_batch: int, module=module, threads=threads):
+            if threaded(module):
+                return module.ResNet50(store, max_batch=max_batch, threads=threads)
+            return module.ResNet50(store, max_batch=max_batch)
+
+        out.append(Entry(info.name, info.name, "stage", threads, make, CPP_MS.get(info.key)))
+    return out
+
+
+def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None) -> Path:
+    knobs = QUICK if quick else FULL
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     store = WeightStore()
-    batch, _paths, _ = load_batch(sample_images())
-    judge = Reference(store, max_batch=len(batch))(batch)
-    for info in stages.available():
-        model = stages.load(info).ResNet50(store)
-        times, compile_s, ok = [], 0.0, True
-        for i in range(len(batch)):
-            logits, seconds, compiling = timed_call(model, batch[i : i + 1])
-            compile_s += compiling
-            times.append(seconds)
-            ok = ok and compare(logits[0], judge[i]).ok
-        print(
-            f"{info.name:16s} median {1e3 * statistics.median(times):9.1f} ms  min {1e3 * min(times):9.1f} ms"
-            f"  compile {compile_s:5.1f} s  {'matches the judge' if ok else 'WRONG'}",
-            flush=True,
-        )
+    paths = sample_images()
+    images, used, bad = load_batch(paths)
+    for error in bad:
+        say(f"skipping {error}")
+    if not used:
+        raise LadderError("images/: no readable image to benchmark on")
+    info = machine.describe(numba.config.NUMBA_NUM_THREADS)
+    say(
+        f"bench: {info['cpu']['model']}, {cores} cores, {len(used)} images, weights {store.source}"
+        f"{' (quick)' if quick else ''}"
+    )
+    for trap in info["environment_traps"]:
+        say(f"bench: environment trap: {trap}")
+    judge = Reference(store, max_batch=len(images))(images)
+    say("bench: measuring the machine's fp32 GEMM peak ...")
+    limit = peak.measure(cores, repeats=3 if quick else 5)
+    say(f"bench: peak {limit['gflops_1_thread']} GFLOP/s on 1 thread, {limit['gflops_all_threads']} on {cores}")
+
+    entries = stage_entries(stages.select(stage_keys), store, cores)
+    thread_counts = sorted({1, cores})
+    for p in peers.peers(store, thread_counts):
+        entries.append(Entry(p.name, p.label, "peer", p.threads, p.make, message=p.missing))
+    for entry in tqdm(entries, desc="build and check against the judge", unit="entry", leave=False, disable=None):
+        prepare(entry, images, judge)
+        if entry.status not in ("pending", "missing"):
+            say(f"bench: {entry.name}: {entry.status}: {entry.message}")
+    for entry in entries:  # the slow stage gets its few images whatever the budget says
+        if entry.ok and entry.first_call_s * knobs["min_repeats"] > knobs["budget_s"]:
+            say(f"bench: {entry.name} takes {entry.first_call_s:.1f} s per image: {knobs['min_repeats']} image(s) only")
+    # One rotation over every entry, whatever its thread count, so a slow phase of the machine falls on all.
+    multi = Turns(**MULTI_THREAD_TURNS)
+    time_latency(
+        entries,
+        images,
+        judge,
+        knobs["budget_s"],
+        knobs["max_repeats"],
+        "latency",
+        lambda e: multi if e.threads > 1 else Turns(),
+    )
+    for entry in entries:
+        if entry.ok and len(entry.latency_s) < knobs["min_repeats"]:
+            time_latency([entry], images, judge, 0.0, knobs["min_repeats"], entry.name)
+    for entry in tqdm([e for e in entries if e.ok], desc="throughput", unit="entry", leave=False, disable=None):
+        pause = MULTI_THREAD_TURNS["pause_s"] if entry.threads > 1 else 0.0
+        time_throughput(entry, images, judge, knobs["batch"], knobs["tp_budget_s"], knobs["tp_repeats"], pause)
+    say("bench: timing pure Python on a slice of one layer ...")
+    extrapolation = pure_python.measure()
+
+    info["numba_threading_layer"] = _threading_layer()
+    peak_of = {1: limit["gflops_1_thread"], cores: limit["gflops_all_threads"]}
+    data = {
+        "schema": results.SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": {
+            "quick": quick,
+            "images": [p.name for p in used],
+            "throughput_batch": knobs["batch"],
+            "budget_s": knobs["budget_s"],
+            "max_repeats": knobs["max_repeats"],
+            "thread_counts": thread_counts,
+            "weights": store.source,
+            "multi_thread_turns": MULTI_THREAD_TURNS,
+        },
+        "machine": info,
+        "peak": limit,
+        "flops_per_image": spec.TOTAL_FLOPS,
+        "entries": [summary(e, spec.TOTAL_FLOPS, peak_of[e.threads]) for e in entries],
+        "extrapolations": [extrapolation],
+    }
+    path = results.save(data, out_dir)
+    chart.draw(data, out_dir)
+    if readme is not None and not report.update_readme(readme, data):
+        say(f"bench: {readme} has no results markers; table not written")
+    print(report.table(data))
+    say(f"bench: wrote {path}, {out_dir / 'latest.json'} and the charts in {out_dir}/")
+    return path
+
+
+def _threading_layer() -> str | None:
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel ran in this process
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--stages", default=None, help="e.g. 01,06 (default: every stage)")
+    parser.add_argument("--quick", action="store_true", help="a short pass: fewer repeats, smaller budgets")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the results and charts")
+    parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update ('' for none)")
+    args = parser.parse_args(argv)
+    np.seterr(all="ignore")
+    try:
+        run(args.stages, args.quick, args.out, Path(args.readme) if args.readme else None)
+    except LadderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; nothing written, earlier results are untouched", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,0 +1,210 @@
+"""Charts drawn from a results file alone: `make chart` redraws them (and the README table) without re-running.
+
+latency.png     batch-1 latency of every stage and peer, log scale, with the C++ original's rungs and the
+                pure-Python extrapolation for scale
+speedup.png     each stage against 01 and against the stage before (log scale)
+throughput.png  images per second at the larger batch
+roofline.png    GFLOP/s against the measured GEMM peak drawn as the limit, at 1 thread and at all cores
+overview.png    the four together, for the README
+"""
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench import report, results
+from common.errors import LadderError
+from common.paths import RESULTS_DIR, ROOT
+
+STAGE_1, STAGE_N, PEER_1, PEER_N = "#1f77b4", "#08306b", "#bdbdbd", "#636363"
+
+
+def colour(entry: dict, cores: int) -> str:
+    many = entry["threads"] > 1
+    if entry["kind"] == "stage":
+        return STAGE_N if many else STAGE_1
+    return PEER_N if many else PEER_1
+
+
+def name(entry: dict) -> str:
+    return f"{entry['label']} ({entry['threads']} thr)" if entry["kind"] == "peer" else entry["label"]
+
+
+def latency(ax, res: dict) -> None:
+    entries = report.ok_entries(res)
+    cores = res["peak"]["threads_all"]
+    labels = [name(e) for e in entries]
+    values = [report.median(e) for e in entries]
+    colours = [colour(e, cores) for e in entries]
+    for x in res.get("extrapolations", []):
+        labels.append(x["name"])
+        values.append(x["latency_s"] * 1e3)
+        colours.append("white")
+    y = range(len(labels))
+    bars = ax.barh(y, values, color=colours, edgecolor="black", linewidth=0.5)
+    if res.get("extrapolations"):
+        bars[-1].set_hatch("//")
+    cpp = {i: e["cpp_ms"] for i, e in enumerate(entries) if e.get("cpp_ms")}
+    for i, v in enumerate(values):  # the label right of the bar and of the C++ marker, whichever is further
+        ax.text(max(v, cpp.get(i, 0)) * 1.15, i, report.fmt_ms(v), va="center", fontsize=7)
+    if cpp:
+        ax.scatter(
+            list(cpp.values()),
+            list(cpp),
+            marker="|",
+            s=160,
+            color="#d62728",
+            zorder=3,
+            label="C++ original, same rung (its author's machine)",
+        )
+        ax.legend(loc="upper right", fontsize=7)
+    ax.set_yticks(list(y), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlim(min(values) / 2, max(values) * 8)
+    ax.set_xlabel("batch-1 latency per image (ms, log scale)")
+    ax.set_title("Latency")
+
+
+def speedup(ax, res: dict) -> None:
+    stages = report.stage_rows(res)
+    if not stages:
+        ax.set_axis_off()
+        return
+    first = report.median(stages[0])
+    labels = [s["label"] for s in stages]
+    vs_first = [first / report.median(s) for s in stages]
+    vs_prev = [1.0] + [report.median(a) / report.median(b) for a, b in itertools.pairwise(stages)]
+    x = range(len(stages))
+    ax.bar([i - 0.2 for i in x], vs_first, width=0.4, color=STAGE_1, label=f"vs {stages[0]['label']}")
+    ax.bar([i + 0.2 for i in x], vs_prev, width=0.4, color="#ff7f0e", label="vs the stage before")
+    for i in x:
+        ax.text(
+            i - 0.2,
+            vs_first[i] * 1.1,
+            f"{vs_first[i]:.0f}x" if vs_first[i] >= 10 else f"{vs_first[i]:.1f}x",
+            ha="center",
+            fontsize=7,
+        )
+        if i:
+            ax.text(i + 0.2, vs_prev[i] * 1.1, f"{vs_prev[i]:.1f}x", ha="center", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xticks(list(x), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("speedup (log scale)")
+    ax.axhline(1, color="black", linewidth=0.5)
+    ax.legend(fontsize=7)
+    ax.set_title("Speedup")
+
+
+def throughput(ax, res: dict) -> None:
+    entries = [e for e in report.ok_entries(res) if (e.get("throughput") or {}).get("images_per_s")]
+    cores = res["peak"]["threads_all"]
+    if not entries:
+        ax.set_axis_off()
+        return
+    values = [e["throughput"]["images_per_s"] for e in entries]
+    y = range(len(entries))
+    ax.barh(y, values, color=[colour(e, cores) for e in entries], edgecolor="black", linewidth=0.5)
+    for i, v in enumerate(values):
+        ax.text(v * 1.02, i, f"{v:.1f}", va="center", fontsize=7)
+    ax.set_yticks(list(y), [name(e) for e in entries], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(values) * 1.15)
+    batch = entries[0]["throughput"]["batch"]
+    ax.set_xlabel(f"images per second, batch of {batch}")
+    ax.set_title("Throughput")
+
+
+def roofline(ax, res: dict) -> None:
+    entries = report.ok_entries(res)
+    peak = res["peak"]
+    cores = peak["threads_all"]
+    values = [e["gflops"] for e in entries]
+    x = range(len(entries))
+    ax.bar(x, values, color=[colour(e, cores) for e in entries], edgecolor="black", linewidth=0.5)
+    lines = [(peak["gflops_1_thread"], "--", "1 thread")]
+    if cores > 1:
+        lines.append((peak["gflops_all_threads"], "-", f"{cores} threads"))
+    for value, style, what in lines:
+        ax.axhline(value, color="#d62728", linestyle=style, linewidth=1)
+        ax.text(
+            -0.4,
+            value * 1.05,
+            f"measured peak, {what}: {value:.0f}",
+            ha="left",
+            va="bottom",
+            fontsize=7,
+            color="#d62728",
+        )
+    for i, e in enumerate(entries):
+        ax.text(i, values[i] * 1.1, f"{100 * e['peak_fraction']:.0f}%", ha="center", fontsize=6)
+    ax.set_yscale("log")
+    ax.set_ylim(min(values) / 2, peak["gflops_all_threads"] * 3)
+    ax.set_xticks(list(x), [name(e) for e in entries], rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("GFLOP/s (log scale); % of the peak at the same thread count")
+    ax.set_title("Against the machine's limit (measured fp32 GEMM peak)")
+
+
+PANELS = {"latency": latency, "speedup": speedup, "throughput": throughput, "roofline": roofline}
+
+
+def subtitle(res: dict) -> str:
+    cpu = res["machine"]["cpu"]
+    return f"ResNet-50, fp32, {cpu['model']}, {cpu['usable_cpus']} cores, {res['created'][:10]}"
+
+
+def draw(res: dict, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key, panel in PANELS.items():
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        panel(ax, res)
+        fig.suptitle(subtitle(res), fontsize=8, y=0.995)
+        fig.tight_layout()
+        written.append(_save(fig, folder / f"{key}.png"))
+    fig, axes = plt.subplots(2, 2, figsize=(16, 11))
+    for ax, panel in zip(axes.flat, PANELS.values(), strict=True):
+        panel(ax, res)
+    fig.suptitle(subtitle(res), fontsize=10)
+    fig.tight_layout()
+    written.append(_save(fig, folder / "overview.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".tmp-{path.name}")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.chart", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR / "latest.json")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default: the results' folder)")
+    parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update ('' for none)")
+    args = parser.parse_args(argv)
+    try:
+        res = results.load(args.results)
+        for path in draw(res, args.out or args.results.parent):
+            print(path)
+        readme = Path(args.readme) if args.readme else None
+        if readme and readme.exists() and not report.update_readme(readme, res):
+            print(f"{readme}: no results markers; table not written", file=sys.stderr)
+    except LadderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

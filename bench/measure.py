@@ -1,0 +1,207 @@
+"""Measuring entries (stages and peers) the same way: validate first, then time interleaved, within a budget.
+
+- An entry is built, called once (its compile time is recorded apart) and its answer on the first image
+  compared with the judge's. An entry that is wrong is reported and not timed.
+- Batch-1 latency: the entries of one thread count take turns, one image each per round, cycling through
+  the sample images. Interleaving spreads this shared machine's slow phases over every entry instead of
+  landing on whichever ran at the wrong minute. An entry stops after `max_repeats` images, or once it has
+  spent its time budget (it always gets at least one). Every output is checked against the judge.
+- Throughput: a batch of `batch` images (the samples, repeated) through a model built for that batch,
+  skipped with a reason when one batch would not fit the budget (stage 01).
+"""
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from common.reference import compare
+from common.timing import timed_call
+
+Model = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Entry:
+    name: str
+    label: str
+    kind: str  # "stage" or "peer"
+    threads: int
+    make: Callable[[int], Model] | None  # max_batch -> model
+    cpp_ms: float | None = None
+    status: str = "pending"
+    message: str = ""
+    model: Model | None = None
+    build_s: float = 0.0
+    first_call_s: float = 0.0
+    compile_s: float = 0.0
+    verdict: dict = field(default_factory=dict)
+    latency_s: list[float] = field(default_factory=list)
+    throughput: dict = field(default_factory=dict)
+    spent_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("pending", "ok")
+
+
+def _fail(entry: Entry, status: str, error: BaseException | str) -> None:
+    entry.status = status
+    if isinstance(error, BaseException):
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        entry.message = (
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} "
+            f"({where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
+        )
+    else:
+        entry.message = error
+    entry.model = None
+
+
+def prepare(entry: Entry, images: np.ndarray, judge: np.ndarray) -> None:
+    """Build, first call, check against the judge. Leaves entry.status 'pending' if it may be timed."""
+    if entry.make is None:
+        entry.status = "missing"
+        return
+    try:
+        entry.model, entry.build_s, build_compile = timed_call(entry.make, 1)
+        out, entry.first_call_s, call_compile = timed_call(entry.model, images[:1])
+        entry.compile_s = build_compile + call_compile
+        verdict = compare(out[0], judge[0])
+        entry.verdict = {"max_abs_diff": verdict.max_abs_diff, "tolerance": verdict.tolerance}
+        if not verdict.ok:
+            _fail(entry, "wrong", f"does not match the judge on image 0: {verdict.reason}")
+    except Exception as e:
+        _fail(entry, "error", e)
+
+
+@dataclass
+class Turns:
+    """How entries take turns: `block` timed images per turn, after `warmup` untimed ones and a pause.
+
+    Single-threaded entries alternate image by image. Multi-threaded ones take turns in warm blocks: an
+    idle thread pool keeps spinning for a while after its last call (OpenBLAS for about 0.1 s), and the
+    next engine's threads would find the cores taken; measured here, ONNX Runtime on 2 threads ran at
+    78 ms instead of 39 when it followed numpy call by call.
+    """
+
+    block: int = 1
+    warmup: int = 0
+    pause_s: float = 0.0
+
+
+def time_latency(
+    entries: list[Entry],
+    images: np.ndarray,
+    judge: np.ndarray,
+    budget_s: float,
+    max_repeats: int,
+    desc: str,
+    turns_of: Callable[[Entry], Turns] = lambda entry: Turns(),
+) -> None:
+    """Interleaved batch-1 timing of the entries that are still ok: one rotation over all of them."""
+    active = [e for e in entries if e.ok]
+    with tqdm(
+        total=len(active) * max_repeats, desc=desc, unit="img", leave=False, dynamic_ncols=True, disable=None
+    ) as bar:
+        while active:
+            for entry in list(active):
+                bar.set_postfix_str(entry.name)
+                turns = turns_of(entry)
+                time.sleep(turns.pause_s)
+                try:
+                    for j in range(turns.warmup):
+                        entry.model(images[j % len(images)][None])
+                    for _ in range(turns.block):
+                        k = len(entry.latency_s) % len(images)
+                        t0 = time.perf_counter()
+                        out = entry.model(images[k : k + 1])
+                        dt = time.perf_counter() - t0
+                        entry.latency_s.append(dt)
+                        entry.spent_s += dt
+                        bar.update(1)
+                        verdict = compare(out[0], judge[k])
+                        if not verdict.ok:
+                            _fail(entry, "wrong", f"does not match the judge on image {k}: {verdict.reason}")
+                        if not entry.ok or len(entry.latency_s) >= max_repeats or entry.spent_s >= budget_s:
+                            break
+                except Exception as e:
+                    _fail(entry, "error", e)
+                if not entry.ok or len(entry.latency_s) >= max_repeats or entry.spent_s >= budget_s:
+                    active.remove(entry)
+                    bar.update(max(max_repeats - len(entry.latency_s), 0))
+    for entry in entries:
+        if entry.ok:
+            entry.status = "ok"
+
+
+def time_throughput(
+    entry: Entry, images: np.ndarray, judge: np.ndarray, batch: int, budget_s: float, repeats: int, pause_s: float = 0.0
+) -> None:
+    if not entry.ok or not entry.latency_s:
+        return
+    estimate = float(np.median(entry.latency_s)) * batch
+    if estimate > budget_s:
+        entry.throughput = {
+            "batch": batch,
+            "skipped": f"one batch would take about {estimate:.0f} s, over the {budget_s:.0f} s budget",
+        }
+        return
+    time.sleep(pause_s)  # let the previous engine's idle threads stop spinning (see Turns)
+    index = np.arange(batch) % len(images)
+    x = np.ascontiguousarray(images[index])
+    try:
+        model = entry.make(batch)
+        out = model(x)  # warm up (compiled code comes from the cache filled by the batch-1 model)
+        verdict = compare(out, judge[index])
+        if not verdict.ok:
+            _fail(entry, "wrong", f"batch of {batch} does not match the judge: {verdict.reason}")
+            return
+        samples, spent = [], 0.0
+        while len(samples) < repeats and (spent < budget_s or not samples):
+            t0 = time.perf_counter()
+            model(x)
+            dt = time.perf_counter() - t0
+            samples.append(dt)
+            spent += dt
+    except Exception as e:
+        _fail(entry, "error", e)
+        return
+    entry.throughput = {
+        "batch": batch,
+        "images_per_s": round(batch / float(np.median(samples)), 2),
+        "samples_s": [round(s, 5) for s in samples],
+    }
+
+
+def summary(entry: Entry, flops: float, peak_gflops: float) -> dict:
+    """The entry as it goes into the results file (bench/results.py documents the fields)."""
+    out = {
+        "name": entry.name,
+        "label": entry.label,
+        "kind": entry.kind,
+        "threads": entry.threads,
+        "status": entry.status,
+        "message": entry.message,
+        "build_s": round(entry.build_s, 3),
+        "first_call_s": round(entry.first_call_s, 3),
+        "compile_s": round(entry.compile_s, 2),
+        "verdict": entry.verdict,
+        "cpp_ms": entry.cpp_ms,
+    }
+    if entry.status == "ok" and entry.latency_s:
+        ms = np.array(entry.latency_s) * 1e3
+        median = float(np.median(ms))
+        out["latency_ms"] = {
+            "median": round(median, 2),
+            "min": round(float(ms.min()), 2),
+            "p90": round(float(np.percentile(ms, 90)), 2),
+            "samples": [round(float(v), 2) for v in ms],
+        }
+        out["throughput"] = entry.throughput or None
+        out["gflops"] = round(flops / (median / 1e3) / 1e9, 2)
+        out["peak_fraction"] = round(out["gflops"] / peak_gflops, 4)
+    return out

@@ -1,0 +1,150 @@
+"""The engines a user would otherwise pick, behind the stage contract: make(max_batch)(x) -> logits.
+
+Each peer sets its own thread count on every call (or at construction, when the engine fixes it then), so
+peers at 1 thread and at every core can be interleaved with the stages in one process. A peer that is not
+installed is reported as such, with how to install it, instead of silently missing from the chart.
+"""
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from common import numpy_forward, spec
+from common.reference import Reference, build_onnx
+
+Model = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Peer:
+    name: str  # "onnxruntime@1"
+    label: str  # "ONNX Runtime"
+    threads: int
+    make: Callable[[int], Model] | None  # max_batch -> model; None when not installed
+    missing: str = ""  # why it is not available, and how to get it
+
+
+def numpy_peer(store, threads: int) -> Callable[[int], Model]:
+    from threadpoolctl import ThreadpoolController
+
+    controller = ThreadpoolController()
+    params = store.load_all()
+
+    def make(max_batch: int) -> Model:
+        def run(x: np.ndarray) -> np.ndarray:
+            with controller.limit(limits=threads, user_api="blas"):
+                return numpy_forward.forward(params, x)
+
+        return run
+
+    return make
+
+
+def onnxruntime_peer(store, threads: int) -> Callable[[int], Model]:
+    def make(max_batch: int) -> Model:
+        return Reference(store, max_batch=max_batch, threads=threads)
+
+    return make
+
+
+def torch_peer(store, threads: int) -> Callable[[int], Model]:
+    """PyTorch eager (its functional ops, the kernels nn.Conv2d and friends call), no torchvision needed."""
+    import torch
+    import torch.nn.functional as F
+
+    params = {k: torch.from_numpy(v) for k, v in store.load_all().items()}
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        t = {spec.INPUT: x}
+        for step in spec.STEPS:
+            src = t[step.src]
+            if step.op == "conv":
+                c = step.conv
+                y = F.conv2d(src, params[c.weight], stride=c.stride, padding=c.pad)
+                y = F.batch_norm(
+                    y,
+                    params[f"{c.bn}.running_mean"],
+                    params[f"{c.bn}.running_var"],
+                    params[f"{c.bn}.weight"],
+                    params[f"{c.bn}.bias"],
+                    False,
+                    0.0,
+                    spec.BN_EPS,
+                )
+                if step.residual:
+                    y = y + t[step.residual]
+                t[step.dst] = F.relu(y) if step.relu else y
+            elif step.op == "maxpool":
+                k, s, p = spec.MAXPOOL
+                t[step.dst] = F.max_pool2d(src, k, s, p)
+            elif step.op == "avgpool":
+                t[step.dst] = torch.flatten(F.adaptive_avg_pool2d(src, 1), 1)
+            else:
+                t[step.dst] = F.linear(src, params["fc.weight"], params["fc.bias"])
+        return t[spec.LOGITS]
+
+    def make(max_batch: int) -> Model:
+        def run(x: np.ndarray) -> np.ndarray:
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                return forward(torch.from_numpy(x)).numpy()
+
+        return run
+
+    return make
+
+
+def openvino_peer(store, threads: int) -> Callable[[int], Model]:
+    import openvino as ov
+
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "resnet50.onnx")
+        with open(path, "wb") as f:
+            f.write(build_onnx(store).SerializeToString())
+        onnx_model = core.read_model(path)
+
+    def make(max_batch: int) -> Model:
+        model = onnx_model.clone()
+        model.reshape({spec.INPUT: [max_batch, 3, spec.IMAGE_SIZE, spec.IMAGE_SIZE]})
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        compiled = core.compile_model(model, "CPU", config)
+        request = compiled.create_infer_request()
+
+        def run(x: np.ndarray) -> np.ndarray:
+            n = len(x)
+            if n < max_batch:  # the compiled shape is static: pad a smaller batch with zeros
+                x = np.concatenate([x, np.zeros((max_batch - n, *x.shape[1:]), np.float32)])
+            return request.infer({0: x})[0][:n].copy()
+
+        return run
+
+    return make
+
+
+KINDS = [
+    ("numpy", "numpy im2col + BLAS", numpy_peer, None, ""),
+    ("onnxruntime", "ONNX Runtime", onnxruntime_peer, "onnxruntime", "pip install onnxruntime"),
+    ("torch", "PyTorch eager", torch_peer, "torch", "make torch"),
+    ("openvino", "OpenVINO", openvino_peer, "openvino", "make openvino"),
+]
+
+
+def peers(store, thread_counts: list[int]) -> list[Peer]:
+    """Every peer at every thread count; missing engines come back with make=None and a reason."""
+    import importlib.util
+
+    out = []
+    for name, label, factory, module, how in KINDS:
+        for threads in thread_counts:
+            if module and importlib.util.find_spec(module) is None:
+                out.append(Peer(f"{name}@{threads}", label, threads, None, f"not installed ({how})"))
+                continue
+            try:
+                out.append(Peer(f"{name}@{threads}", label, threads, factory(store, threads)))
+            except Exception as e:  # a broken install is reported, not fatal to the whole benchmark
+                out.append(Peer(f"{name}@{threads}", label, threads, None, f"failed to load: {e}".splitlines()[0]))
+    return out

@@ -1,0 +1,129 @@
+"""The benchmark's data path: the schema round-trips, charts and the README table come from a results file
+alone, and a quick bench of two stages runs end to end and writes valid JSON."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench import chart, report, results
+from common.errors import ResultsError
+from common.paths import ROOT
+
+
+def entry(name, kind, threads, median, label=None, cpp=None, images_per_s=None):
+    e = {"name": name, "label": label or name, "kind": kind, "threads": threads, "status": "ok", "message": "",
+         "build_s": 0.1, "first_call_s": median / 1e3, "compile_s": 1.0, "verdict": {}, "cpp_ms": cpp,
+         "latency_ms": {"median": median, "min": median * 0.9, "p90": median * 1.1, "samples": [median]},
+         "throughput": {"batch": 8, "images_per_s": images_per_s or 1000 / median, "samples_s": [0.1]},
+         "gflops": 8.18 / (median / 1e3), "peak_fraction": 8.18 / (median / 1e3) / 100}
+    return e
+
+
+@pytest.fixture
+def small_results() -> dict:
+    return {
+        "schema": results.SCHEMA,
+        "created": "2026-11-24T10:00:00+0000",
+        "settings": {"quick": True, "images": ["cat.png"], "throughput_batch": 8, "budget_s": 1, "max_repeats": 1,
+                     "thread_counts": [1, 2]},
+        "machine": {"cpu": {"model": "Test CPU", "flags": ["avx2", "fma", "avx512f"], "usable_cpus": 2,
+                            "logical_cpus": 2, "arch": "x86_64"}, "git_commit": "abc1234",
+                    "environment_traps": ["OPENBLAS_CORETYPE=Haswell picks OpenBLAS's kernel by hand"]},
+        "peak": {"method": "test", "gflops_1_thread": 100.0, "gflops_all_threads": 200.0, "threads_all": 2},
+        "flops_per_image": 8178368512,
+        "entries": [
+            entry("01_naive", "stage", 1, 10000.0, cpp=16923),
+            entry("02_vectorized", "stage", 1, 500.0, cpp=4973),
+            entry("06_threads", "stage", 2, 80.0, cpp=297),
+            entry("onnxruntime@1", "peer", 1, 75.0, label="ONNX Runtime"),
+            entry("onnxruntime@2", "peer", 2, 40.0, label="ONNX Runtime"),
+            {"name": "torch@1", "label": "PyTorch eager", "kind": "peer", "threads": 1, "status": "missing",
+             "message": "not installed (make torch)"},
+        ],
+        "extrapolations": [{"name": "pure Python (extrapolated)", "mflops": 5.7, "latency_s": 1434.0}],
+    }
+
+
+def test_schema_round_trips(small_results, tmp_path):
+    path = results.save(small_results, tmp_path)
+    assert results.load(path) == small_results
+    assert results.load(tmp_path / "latest.json") == small_results
+    again = results.save(small_results, tmp_path)
+    assert again != path and path.exists(), "an earlier results file must never be overwritten"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.__setitem__("schema", 99), "schema 99 is not 1"),
+        (lambda r: r.pop("peak"), "lack peak"),
+        (lambda r: r["entries"][0].pop("status"), "lacks 'status'"),
+    ],
+)
+def test_unknown_or_incomplete_results_are_refused(small_results, tmp_path, change, message):
+    change(small_results)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(small_results))
+    with pytest.raises(ResultsError, match=message):
+        results.load(path)
+
+
+def test_corrupt_results_file_is_one_line_error(tmp_path, capsys):
+    (tmp_path / "bad.json").write_text('{"schema": 1, "entr')
+    assert chart.main(["--results", str(tmp_path / "bad.json"), "--readme", ""]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "bad.json" in err
+
+
+def test_table_rows_and_ratios_come_from_the_data(small_results):
+    text = report.table(small_results)
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "20.0x" in rows["**02_vectorized**"]  # 10000 / 500 against 01 and against the stage before
+    assert "6.67x" in rows["**02_vectorized**"]  # 500 ms / ONNX Runtime's 75 ms at 1 thread
+    assert "2.00x" in rows["**06_threads**"]  # 80 / 40: against ONNX Runtime at the same 2 threads
+    assert "16.92 s" in rows["**01_naive**"]
+    assert "~24 min" in rows["pure Python (extrapolated)"]
+    assert "torch@1: missing: not installed (make torch)" in text
+    assert "OPENBLAS_CORETYPE" in report.header(small_results)
+
+
+def test_charts_and_readme_table_from_a_results_file(small_results, tmp_path):
+    path = results.save(small_results, tmp_path / "res")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{report.BEGIN}\nold table\n{report.END}\nafter\n")
+    assert chart.main(["--results", str(path), "--out", str(tmp_path / "png"), "--readme", str(readme)]) == 0
+    for name in ("latency", "speedup", "throughput", "roofline", "overview"):
+        png = tmp_path / "png" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    text = readme.read_text()
+    assert "old table" not in text and "before" in text and "after" in text
+    assert report.table(small_results) in text
+    assert chart.main(["--results", str(path), "--out", str(tmp_path / "png"), "--readme", str(readme)]) == 0
+    assert readme.read_text() == text, "redrawing from the same data must give the same README"
+
+
+def test_quick_bench_of_two_stages_end_to_end(store, tmp_path):
+    env = {**os.environ, "RESNET50_WEIGHTS": str(store.path)}
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--stages", "02,04", "--out", str(tmp_path), "--readme", ""],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = results.load(tmp_path / "latest.json")
+    by_name = {e["name"]: e for e in data["entries"]}
+    assert {"02_vectorized", "04_no_alloc", "numpy@1", "onnxruntime@1"} <= set(by_name)
+    for name in ("02_vectorized", "04_no_alloc", "onnxruntime@1"):
+        e = by_name[name]
+        assert e["status"] == "ok", e
+        assert e["latency_ms"]["min"] <= e["latency_ms"]["median"] <= e["latency_ms"]["p90"]
+        assert e["verdict"]["max_abs_diff"] <= e["verdict"]["tolerance"]
+        assert 0 < e["peak_fraction"] < 3
+    assert data["peak"]["gflops_1_thread"] > 1
+    assert data["extrapolations"][0]["latency_s"] > 60
+    assert (tmp_path / "overview.png").exists()
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(["latest.json", *[p.name for p in tmp_path.glob(
+        "2*.json")]])
+    assert "02_vectorized" in run.stdout  # the table is printed
