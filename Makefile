@@ -23,6 +23,7 @@ IMG ?=
 FORMAT ?= text
 A ?=
 B ?=
+BENCH_COLUMNS := --benchmark-columns=min,median,rounds --benchmark-sort=name
 
 .PHONY: help setup weights test bench chart classify profile regress baseline diff codegen lint torch openvino clean clean-cache
 
@@ -76,11 +77,11 @@ profile: $(SETUP) $(WEIGHTS)
 	@$(PY) -m bench.profile --stage $(or $(STAGE),06)
 
 regress: $(SETUP) $(WEIGHTS)
-	@$(PY) -m pytest bench/regress -p no:cacheprovider -q $(REGRESS_ARGS); rc=$$?; \
+	@$(PY) -m pytest bench/regress -p no:cacheprovider -q $(BENCH_COLUMNS) $(REGRESS_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "regress: no benchmarks collected; failing" >&2; exit 1; fi; exit $$rc
 
 baseline: $(SETUP) $(WEIGHTS)
-	@$(PY) -m pytest bench/regress -p no:cacheprovider -q --write-baseline
+	@$(PY) -m pytest bench/regress -p no:cacheprovider -q $(BENCH_COLUMNS) --write-baseline
 
 diff:
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make diff A=03 B=04" >&2; exit 2; }

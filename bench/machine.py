@@ -25,20 +25,27 @@ PACKAGES = ("numpy", "numba", "llvmlite", "onnxruntime", "onnx", "torch", "openv
 
 
 def cpu_info() -> dict:
-    model, flags = platform.processor() or "unknown", set()
+    model, flags, family, number = platform.processor() or "unknown", set(), None, None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name":
+            key = key.strip()
+            if key == "model name":
                 model = value.strip()
-            elif key.strip() == "flags":
+            elif key == "flags":
                 flags = set(value.split())
+            elif key == "cpu family" and family is None:
+                family = value.strip()
+            elif key == "model" and number is None:
+                number = value.strip()
     except OSError:
         pass
     logical = os.cpu_count() or 1
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical
     return {
         "model": model,
+        "family": family,
+        "model_number": number,
         "flags": [f for f in FLAGS_OF_INTEREST if f in flags],
         "logical_cpus": logical,
         "usable_cpus": usable,
