@@ -10,6 +10,7 @@ overview.png    the four together, for the README
 
 import argparse
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -167,21 +168,26 @@ def draw(res: dict, folder: Path) -> list[Path]:
         panel(ax, res)
         fig.suptitle(subtitle(res), fontsize=8, y=0.995)
         fig.tight_layout()
-        written.append(_save(fig, folder / f"{key}.png"))
+        written.append(save_figure(fig, folder / f"{key}.png"))
     fig, axes = plt.subplots(2, 2, figsize=(16, 11))
     for ax, panel in zip(axes.flat, PANELS.values(), strict=True):
         panel(ax, res)
     fig.suptitle(subtitle(res), fontsize=10)
     fig.tight_layout()
-    written.append(_save(fig, folder / "overview.png"))
+    written.append(save_figure(fig, folder / "overview.png"))
     return written
 
 
-def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Through a temporary file of this process, then rename: an interrupted or concurrent run never
+    leaves a half-drawn chart."""
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
 
 from bench import peak
+from bench.chart import save_figure
 from bench.results import write_atomic
 from common import spec, stages
 from common.errors import LadderError
@@ -96,10 +97,7 @@ def chart(name: str, threads: int, rows: list[dict], top: float, path: Path) -> 
     ax2.set_ylabel("GFLOP/s")
     ax2.set_xticks(list(x), [r["layer"] for r in rows], rotation=90, fontsize=6)
     fig.tight_layout()
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ table. QUICK=1 (--quick) for a pass of a minute or two; STAGES=01,06 (--stages) 
 import argparse
 import inspect
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -147,6 +148,10 @@ def _threading_layer() -> str | None:
         return None
 
 
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -157,13 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update ('' for none)")
     args = parser.parse_args(argv)
     np.seterr(all="ignore")
+    # `kill` stops a run as cleanly as Ctrl-C: nothing half-written. Ctrl-C is set explicitly because a
+    # shell starts background jobs with it ignored, and Python then leaves it so.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         run(args.stages, args.quick, args.out, Path(args.readme) if args.readme else None)
     except LadderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nbench: interrupted; nothing written, earlier results are untouched", file=sys.stderr)
+        print("\nbench: interrupted; results are written whole or not at all, earlier ones untouched", file=sys.stderr)
         return 130
     return 0
 

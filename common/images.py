@@ -72,6 +72,9 @@ def _decode_rgb(path: Path) -> Image.Image:
         raise ImageError(path, f"file is {size / 2**20:.0f} MiB, larger than the {MAX_FILE_BYTES >> 20} MiB limit")
     try:
         with warnings.catch_warnings():
+            # Pillow warns (several lines, to stderr) about damaged EXIF and the like, then carries on as
+            # an image viewer would: so do we, quietly. A decompression bomb is an error.
+            warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 w, h = im.size

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import ModuleType
 
 from common.errors import LadderError
+from common.jit_cache import drop_unreadable
 from common.paths import STAGES_DIR
 
 
@@ -52,6 +53,7 @@ def load(stage: StageInfo | str) -> ModuleType:
     module_name = f"stage_{info.name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
+    drop_unreadable(info.folder / "__pycache__")
     spec = importlib.util.spec_from_file_location(module_name, info.path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from bench import results
 from common import stages
 from common.images import load_batch, sample_images
 from common.make_weights import make_random
@@ -40,3 +41,69 @@ STAGES = stages.available()
 def stage_params():
     """One pytest param per stage folder, the slow naive stage marked."""
     return [pytest.param(s, id=s.name, marks=[pytest.mark.slow] if s.key == "01" else []) for s in STAGES]
+
+
+def entry(name, kind, threads, median, label=None, cpp=None, images_per_s=None):
+    e = {
+        "name": name,
+        "label": label or name,
+        "kind": kind,
+        "threads": threads,
+        "status": "ok",
+        "message": "",
+        "build_s": 0.1,
+        "first_call_s": median / 1e3,
+        "compile_s": 1.0,
+        "verdict": {},
+        "cpp_ms": cpp,
+        "latency_ms": {"median": median, "min": median * 0.9, "p90": median * 1.1, "samples": [median]},
+        "throughput": {"batch": 8, "images_per_s": images_per_s or 1000 / median, "samples_s": [0.1]},
+        "gflops": 8.18 / (median / 1e3),
+        "peak_fraction": 8.18 / (median / 1e3) / 100,
+    }
+    return e
+
+
+@pytest.fixture
+def small_results() -> dict:
+    return {
+        "schema": results.SCHEMA,
+        "created": "2026-11-24T10:00:00+0000",
+        "settings": {
+            "quick": True,
+            "images": ["cat.png"],
+            "throughput_batch": 8,
+            "budget_s": 1,
+            "max_repeats": 1,
+            "thread_counts": [1, 2],
+        },
+        "machine": {
+            "cpu": {
+                "model": "Test CPU",
+                "flags": ["avx2", "fma", "avx512f"],
+                "usable_cpus": 2,
+                "logical_cpus": 2,
+                "arch": "x86_64",
+            },
+            "git_commit": "abc1234",
+            "environment_traps": ["OPENBLAS_CORETYPE=Haswell picks OpenBLAS's kernel by hand"],
+        },
+        "peak": {"method": "test", "gflops_1_thread": 100.0, "gflops_all_threads": 200.0, "threads_all": 2},
+        "flops_per_image": 8178368512,
+        "entries": [
+            entry("01_naive", "stage", 1, 10000.0, cpp=16923),
+            entry("02_vectorized", "stage", 1, 500.0, cpp=4973),
+            entry("06_threads", "stage", 2, 80.0, cpp=297),
+            entry("onnxruntime@1", "peer", 1, 75.0, label="ONNX Runtime"),
+            entry("onnxruntime@2", "peer", 2, 40.0, label="ONNX Runtime"),
+            {
+                "name": "torch@1",
+                "label": "PyTorch eager",
+                "kind": "peer",
+                "threads": 1,
+                "status": "missing",
+                "message": "not installed (make torch)",
+            },
+        ],
+        "extrapolations": [{"name": "pure Python (extrapolated)", "mflops": 5.7, "latency_s": 1434.0}],
+    }

@@ -13,40 +13,6 @@ from common.errors import ResultsError
 from common.paths import ROOT
 
 
-def entry(name, kind, threads, median, label=None, cpp=None, images_per_s=None):
-    e = {"name": name, "label": label or name, "kind": kind, "threads": threads, "status": "ok", "message": "",
-         "build_s": 0.1, "first_call_s": median / 1e3, "compile_s": 1.0, "verdict": {}, "cpp_ms": cpp,
-         "latency_ms": {"median": median, "min": median * 0.9, "p90": median * 1.1, "samples": [median]},
-         "throughput": {"batch": 8, "images_per_s": images_per_s or 1000 / median, "samples_s": [0.1]},
-         "gflops": 8.18 / (median / 1e3), "peak_fraction": 8.18 / (median / 1e3) / 100}
-    return e
-
-
-@pytest.fixture
-def small_results() -> dict:
-    return {
-        "schema": results.SCHEMA,
-        "created": "2026-11-24T10:00:00+0000",
-        "settings": {"quick": True, "images": ["cat.png"], "throughput_batch": 8, "budget_s": 1, "max_repeats": 1,
-                     "thread_counts": [1, 2]},
-        "machine": {"cpu": {"model": "Test CPU", "flags": ["avx2", "fma", "avx512f"], "usable_cpus": 2,
-                            "logical_cpus": 2, "arch": "x86_64"}, "git_commit": "abc1234",
-                    "environment_traps": ["OPENBLAS_CORETYPE=Haswell picks OpenBLAS's kernel by hand"]},
-        "peak": {"method": "test", "gflops_1_thread": 100.0, "gflops_all_threads": 200.0, "threads_all": 2},
-        "flops_per_image": 8178368512,
-        "entries": [
-            entry("01_naive", "stage", 1, 10000.0, cpp=16923),
-            entry("02_vectorized", "stage", 1, 500.0, cpp=4973),
-            entry("06_threads", "stage", 2, 80.0, cpp=297),
-            entry("onnxruntime@1", "peer", 1, 75.0, label="ONNX Runtime"),
-            entry("onnxruntime@2", "peer", 2, 40.0, label="ONNX Runtime"),
-            {"name": "torch@1", "label": "PyTorch eager", "kind": "peer", "threads": 1, "status": "missing",
-             "message": "not installed (make torch)"},
-        ],
-        "extrapolations": [{"name": "pure Python (extrapolated)", "mflops": 5.7, "latency_s": 1434.0}],
-    }
-
-
 def test_schema_round_trips(small_results, tmp_path):
     path = results.save(small_results, tmp_path)
     assert results.load(path) == small_results
@@ -109,7 +75,11 @@ def test_quick_bench_of_two_stages_end_to_end(store, tmp_path):
     env = {**os.environ, "RESNET50_WEIGHTS": str(store.path)}
     run = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--stages", "02,04", "--out", str(tmp_path), "--readme", ""],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     data = results.load(tmp_path / "latest.json")
@@ -124,6 +94,7 @@ def test_quick_bench_of_two_stages_end_to_end(store, tmp_path):
     assert data["peak"]["gflops_1_thread"] > 1
     assert data["extrapolations"][0]["latency_s"] > 60
     assert (tmp_path / "overview.png").exists()
-    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(["latest.json", *[p.name for p in tmp_path.glob(
-        "2*.json")]])
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(
+        ["latest.json", *[p.name for p in tmp_path.glob("2*.json")]]
+    )
     assert "02_vectorized" in run.stdout  # the table is printed

@@ -1,0 +1,337 @@
+"""Failures that must lose nothing: the generated-code and numba caches, interrupted and concurrent bench
+runs, and a fuzzed image loader. (Bad images, weights and command lines: test_bad_input.py.)"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import results
+from common import stages
+from common.errors import CacheError
+from common.jit_cache import drop_unreadable
+from common.paths import CACHE_ENV, ROOT, cache_dir
+from common.reference import compare
+
+TINY_STAGE = "from numba import njit\n\n\n@njit(cache=True)\ndef twice(x):\n    return 2 * x\n"
+
+
+def python(code: str, *args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# ---------------------------------------------------------------- numba's cache and the generated code
+
+
+def truncate(path: Path, keep: int = 20) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize("damaged", [".nbi", ".nbc"])
+def test_a_truncated_numba_cache_file_is_removed_and_recompiled_not_a_crash(tmp_path, damaged):
+    folder = tmp_path / "99_tiny"
+    folder.mkdir()
+    (folder / "resnet50.py").write_text(TINY_STAGE)
+    run = (
+        "import sys\nfrom pathlib import Path\nfrom common import stages\n"
+        "m = stages.load(stages.StageInfo('99', '99_tiny', Path(sys.argv[1])))\n"
+        "print(m.twice(21), sum(m.twice.stats.cache_hits.values()))\n"
+    )
+    first = python(run, str(folder / "resnet50.py"))
+    assert first.returncode == 0 and first.stdout.split() == ["42", "0"], first.stderr
+    (cached,) = (folder / "__pycache__").glob(f"*{damaged}")
+    truncate(cached)
+    again = python(run, str(folder / "resnet50.py"))
+    assert again.returncode == 0, again.stderr  # without the check: UnpicklingError from inside numba
+    assert again.stdout.split() == ["42", "0"]  # compiled again
+    (line,) = again.stderr.strip().splitlines()
+    assert str(cached) in line and "removed" in line
+    third = python(run, str(folder / "resnet50.py"))
+    assert third.stdout.split() == ["42", "1"] and third.stderr == ""  # and cached again
+
+
+def test_drop_unreadable_keeps_good_files_and_unpickles_nothing(tmp_path):
+    import pickle
+
+    (tmp_path / "f-1.py311.nbi").write_bytes(pickle.dumps("0.0.old") + pickle.dumps((1.0, {"sig": "f-1.py311.1.nbc"})))
+    # a data file refers to its module, not imported yet when the check runs: unpickling it would fail
+    (tmp_path / "f-1.py311.1.nbc").write_bytes(b"cnot_imported_yet\nrebuild\n)R.")
+    assert drop_unreadable(tmp_path) == []
+    assert drop_unreadable(tmp_path / "missing") == []
+    (tmp_path / "f-1.py311.1.nbc").write_bytes(b"\x80\x05garbage")
+    assert drop_unreadable(tmp_path) == [tmp_path / "f-1.py311.1.nbc"]
+    assert list(tmp_path.iterdir()) == []  # the data file and the index that lists it
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_generated_file_truncated_edited_or_from_another_version_is_rewritten(private_cache, monkeypatch):
+    load_generated = stages.load("05").load_generated
+    source = TINY_STAGE + "# generated\n"
+    path = Path(load_generated(source).__file__)
+    assert path.read_text() == source and private_cache in path.parents
+    for damage in (lambda: truncate(path, 30), lambda: path.write_text(source.replace("2 * x", "3 * x"))):
+        damage()
+        load_generated(source)
+        assert path.read_text() == source
+    monkeypatch.setattr("numba.__version__", "0.0.other")
+    elsewhere = Path(load_generated(source).__file__)
+    assert elsewhere.parent != path.parent and elsewhere.read_text() == source
+    assert not list(private_cache.rglob("*.tmp"))
+
+
+def test_the_cache_folder_is_private_and_a_shared_one_is_refused(private_cache):
+    folder = cache_dir("codegen")
+    assert (folder.stat().st_mode & 0o777) == 0o700 and folder.stat().st_uid == os.getuid()
+    folder.chmod(0o777)
+    with pytest.raises(CacheError, match="writable by other users") as info:
+        cache_dir("codegen")
+    assert str(folder) in str(info.value) and "\n" not in str(info.value)
+    folder.chmod(0o700)
+    if os.getuid() == 0:  # as root we can hand it to someone else; as a user we cannot
+        os.chown(folder, 65534, -1)
+        with pytest.raises(CacheError, match="belongs to another user"):
+            cache_dir("codegen")
+        os.chown(folder, 0, -1)
+    folder.rename(private_cache / "real")
+    folder.symlink_to(private_cache / "real")
+    with pytest.raises(CacheError, match="symbolic link"):
+        cache_dir("codegen")
+
+
+BUILD_AND_CLASSIFY = r"""
+import json, sys
+import numpy as np
+from common import stages
+from common.images import load_batch, sample_images
+from common.weights import WeightStore
+model = stages.load("05").ResNet50(WeightStore(sys.argv[1], verify=False))
+logits = model(load_batch(sample_images()[:1])[0])[0]
+stats = model.forward.stats
+np.save(sys.argv[2], logits)
+print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values())}))
+"""
+
+
+def test_two_processes_building_05_at_once_then_a_damaged_cache(store, judge_logits, tmp_path):
+    """Both builders answer right and leave a cache the next process uses; damage to it costs a recompile."""
+    env = {**os.environ, CACHE_ENV: str(tmp_path / "cache")}
+    builders = [
+        subprocess.Popen(
+            [sys.executable, "-c", BUILD_AND_CLASSIFY, str(store.path), str(tmp_path / f"logits{i}.npy")],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for i, p in enumerate(builders):
+        out, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err
+        assert json.loads(out.splitlines()[-1])["misses"] >= 1
+        verdict = compare(np.load(tmp_path / f"logits{i}.npy"), judge_logits[0])
+        assert verdict.ok, f"builder {i}: {verdict}"
+
+    def rerun(name: str) -> tuple[dict, str]:
+        run = python(BUILD_AND_CLASSIFY, str(store.path), str(tmp_path / name), env=env)
+        assert run.returncode == 0, run.stderr
+        verdict = compare(np.load(tmp_path / name), judge_logits[0])
+        assert verdict.ok, f"{name}: {verdict}"
+        return json.loads(run.stdout.splitlines()[-1]), run.stderr
+
+    stats, _ = rerun("logits2.npy")
+    assert stats["misses"] == 0 and stats["hits"] >= 1
+    (folder,) = (tmp_path / "cache" / "codegen").iterdir()
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    (index,) = (folder / "__pycache__").glob("*forward*.nbi")
+    index.write_bytes(b"\x80\x05not what numba wrote")
+    stats, err = rerun("logits3.npy")
+    assert stats["misses"] >= 1 and str(index) in err
+
+
+# ---------------------------------------------------------------- results
+
+
+def test_an_interrupted_bench_keeps_earlier_results_and_writes_no_partial_file(store, tmp_path):
+    earlier = tmp_path / "20260101-000000-1.json"
+    earlier.write_text('{"an": "earlier run"}\n')
+    (tmp_path / "latest.json").write_text('{"an": "earlier run"}\n')
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "bench.run", "--quick", "--stages", "02", "--out", str(tmp_path), "--readme", ""],
+            cwd=ROOT,
+            env={**os.environ, "RESNET50_WEIGHTS": str(store.path)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(8)  # importing, loading weights, judging, timing: well before the end of a run
+        assert bench.poll() is None, "the run ended before it could be interrupted"
+        bench.send_signal(sig)
+        _, err = bench.communicate(timeout=120)
+        assert bench.returncode == 130, (sig, err)
+        assert "interrupted" in err.strip().splitlines()[-1]
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    latest = tmp_path / "latest.json"
+    latest.write_text("old\n")
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        results.write_atomic(latest, "new\n")
+    assert latest.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["latest.json"]
+
+
+SAVE = r"""
+import json, sys, time
+from pathlib import Path
+from bench import results
+data = json.loads(Path(sys.argv[1]).read_text())
+data["created"] = sys.argv[3]
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start in the same instant
+print(results.save(data, Path(sys.argv[1]).parent / "out"))
+"""
+
+
+def test_runs_saving_at_once_do_not_clobber_each_other(small_results, tmp_path):
+    (tmp_path / "template.json").write_text(json.dumps(small_results))
+    start = str(time.time() + 3)
+    savers = [
+        subprocess.Popen(
+            [sys.executable, "-c", SAVE, str(tmp_path / "template.json"), start, f"run {i}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    paths = [Path(p.communicate(timeout=60)[0].strip()) for p in savers]
+    assert all(p.returncode == 0 for p in savers)
+    assert len(set(paths)) == 4
+    assert sorted(results.load(p)["created"] for p in paths) == [f"run {i}" for i in range(4)]
+    assert results.load(tmp_path / "out" / "latest.json")["created"] in {f"run {i}" for i in range(4)}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*(p.name for p in paths), "latest.json"])
+
+
+# ---------------------------------------------------------------- the image loader, fuzzed
+
+FUZZ = r"""
+import io, resource, sys, tempfile, time
+from pathlib import Path
+from hypothesis import HealthCheck, given, settings, strategies as st
+from PIL import Image
+from common.errors import ImageError
+from common.images import load_image
+
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # a decoder that tries to eat memory fails here
+
+
+def encoded(fmt, mode, **save):
+    im = Image.linear_gradient("L").resize((61, 47)).convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+exif = Image.Exif()
+exif[0x0112] = 6
+SEEDS = [Path(p).read_bytes() for p in sys.argv[1:]] + [
+    encoded("PNG", "RGB"), encoded("PNG", "P", transparency=0), encoded("PNG", "I;16"), encoded("PNG", "LA"),
+    encoded("JPEG", "RGB", exif=exif), encoded("JPEG", "CMYK"), encoded("GIF", "P"), encoded("BMP", "RGB"),
+    encoded("TIFF", "RGB", compression="tiff_lzw"), encoded("WEBP", "RGB"), encoded("PPM", "RGB"),
+]
+folder = Path(tempfile.mkdtemp())
+slowest = [0.0]
+outcomes = {"loaded": 0, "refused": 0}
+
+
+def check(data: bytes, suffix: str) -> None:
+    path = folder / f"fuzz{suffix}"
+    path.write_bytes(data)
+    t0 = time.perf_counter()
+    try:
+        x = load_image(path)
+        assert x.shape == (3, 224, 224) and str(x.dtype) == "float32"
+        outcomes["loaded"] += 1
+    except ImageError as e:
+        assert "\n" not in str(e) and str(path) in str(e), str(e)
+        outcomes["refused"] += 1
+    slowest[0] = max(slowest[0], time.perf_counter() - t0)
+
+
+@st.composite
+def mutated(draw):
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data) - 1))
+        kind = draw(st.sampled_from(["flip", "cut", "insert", "big"]))
+        if kind == "flip":
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "cut":
+            del data[at:]
+            if not data:
+                break
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        else:  # a size or length field made huge
+            data[at : at + 4] = b"\xff\xff\x7f\xff"
+    return bytes(data)
+
+
+SETTINGS = settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", "1000")), deadline=3000,
+                    database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+
+
+@SETTINGS
+@given(st.binary(max_size=2048), st.sampled_from([".jpg", ".png", ".gif", ".bin"]))
+def random_bytes(data, suffix):
+    check(data, suffix)
+
+
+@SETTINGS
+@given(mutated(), st.sampled_from([".jpg", ".png"]))
+def mutated_images(data, suffix):
+    check(data, suffix)
+
+
+random_bytes()
+mutated_images()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(f"{slowest[0]:.3f} {peak:.0f} {outcomes['loaded']} {outcomes['refused']}")
+"""
+
+
+def test_fuzzed_images_give_only_image_errors_in_bounded_time_and_memory():
+    """Random bytes and mutated real images of every format the loader meets: either a (3, 224, 224) input
+    or one ImageError line, each within hypothesis's deadline, the process under a 2 GiB address-space cap."""
+    seeds = [str(ROOT / "images" / name) for name in ("horse.png", "rocket.jpg")]
+    run = python(FUZZ, *seeds, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    slowest_s, peak_mib, loaded, refused = map(float, run.stdout.split())
+    assert slowest_s < 3.0 and peak_mib < 1024, run.stdout
+    assert loaded > 0 and refused > 0, run.stdout  # both sides of the loader were exercised
