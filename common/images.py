@@ -65,7 +65,12 @@ def _decode_rgb(path: Path) -> Image.Image:
     except OSError as e:
         raise ImageError(path, f"cannot read ({e.strerror})") from None
     if path.is_dir():
-        raise ImageError(path, "is a directory, not an image file")
+        raise ImageError(
+            path,
+            "is a directory with no image files in it"
+            if not sample_images(path)
+            else "is a directory, not an image file",
+        )
     if size == 0:
         raise ImageError(path, "file is empty")
     if size > MAX_FILE_BYTES:
@@ -95,8 +100,8 @@ def _decode_rgb(path: Path) -> Image.Image:
         raise ImageError(path, "permission denied") from None
     except UnidentifiedImageError:
         raise ImageError(path, "not an image Pillow can read (unknown or corrupt format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(path, "image is too large to decode safely (decompression bomb)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(path, f"decompression bomb refused before decoding ({_reason(e)})") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error) as e:
         raise ImageError(path, f"corrupt or truncated image ({_reason(e)})") from None
 
@@ -129,16 +134,12 @@ def sample_images(folder: Path = IMAGES_DIR) -> list[Path]:
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given; a directory stands for the image files directly inside it."""
+    """Files as given; a directory stands for the image files directly inside it (an empty one stays, for
+    the loader to report with the other bad paths)."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            found = sample_images(p)
-            if not found:
-                raise ImageError(p, "directory holds no image files")
-            out.extend(found)
-        else:
-            out.append(p)
+        found = sample_images(p) if p.is_dir() else []
+        out.extend(found or [p])
     return out
 
 

@@ -100,7 +100,9 @@ def test_cmyk_jpeg_is_converted(tmp_path):
 
 
 def test_a_directory_and_a_missing_path(tmp_path):
-    one_line_error(tmp_path, "is a directory")
+    one_line_error(tmp_path, "is a directory with no image files in it")
+    shutil.copy(CAT, tmp_path / "cat.png")
+    one_line_error(tmp_path, "is a directory, not an image file")
     one_line_error(tmp_path / "nowhere.png", "no such file")
 
 
@@ -137,14 +139,14 @@ def test_a_batch_reports_each_bad_file_and_classifies_the_rest(store, tmp_path, 
     (folder / "c_empty.png").write_bytes(b"")
     (folder / "d_text.jpg").write_text("not a photo")
     (folder / "e_half.jpg").write_bytes(ROCKET.read_bytes()[:5000])
-    code = classify.main(
-        [str(folder), str(tmp_path / "missing.png"), "--stage", "ref", "--format", "json", "--weights", str(store.path)]
-    )
+    (tmp_path / "empty_folder").mkdir()
+    given = [str(folder), str(tmp_path / "missing.png"), str(tmp_path / "empty_folder")]
+    code = classify.main([*given, "--stage", "ref", "--format", "json", "--weights", str(store.path)])
     out = capsys.readouterr()
     assert code == 2
     errors = [line for line in out.err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 4
-    for name in ("c_empty.png", "d_text.jpg", "e_half.jpg", "missing.png"):
+    assert len(errors) == 5
+    for name in ("c_empty.png", "d_text.jpg", "e_half.jpg", "missing.png", "empty_folder"):
         assert sum(name in line for line in errors) == 1, name
     classified = [json.loads(line)["file"] for line in out.out.splitlines()]
     assert [Path(f).name for f in classified] == ["a_cat.png", "b_rocket.jpg"]
