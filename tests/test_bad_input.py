@@ -73,12 +73,13 @@ def test_decompression_bomb_is_refused_before_decoding_with_flat_memory(tmp_path
     path.write_bytes(png_header_claiming(*size))
     assert path.stat().st_size < 100
     probe = (
-        "import resource, sys\n"
+        "import sys\n"
         "from common.images import load_image\n"
         "from common.errors import ImageError\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "from tests.memory import peak_kib\n"
+        "before = peak_kib()\n"
         "try:\n    load_image(sys.argv[1])\nexcept ImageError as e:\n    print(e)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+        "print(peak_kib() - before)\n"
     )
     run = subprocess.run([sys.executable, "-c", probe, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     message, grown_kib = run.stdout.strip().splitlines()

@@ -247,6 +247,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 from common.errors import ImageError
 from common.images import load_image
+from tests.memory import peak_kib
 
 resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # a decoder that tries to eat memory fails here
 
@@ -321,7 +322,7 @@ def mutated_images(data, suffix):
 
 random_bytes()
 mutated_images()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = peak_kib() / 1024
 print(f"{slowest[0]:.3f} {peak:.0f} {outcomes['loaded']} {outcomes['refused']}")
 """
 
