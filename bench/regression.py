@@ -107,15 +107,20 @@ class Baseline:
     foreign: bool  # recorded on another kind of machine
 
 
-def pick_baseline(data: dict, key: str) -> Baseline | None:
-    """This machine kind's baseline; else the one with the most similar key (same cores first), widened."""
+def pick_baseline(data: dict, cpu: dict) -> Baseline | None:
+    """This machine kind's baseline; else the most similar one (same core count first, then the same CPU
+    model name, as recorded with each baseline), with the wider tolerance."""
     machines = data["machines"]
+    key = machine_key(cpu)
     if key in machines:
         chosen, tolerance = key, TOLERANCE
     elif machines:
-        cores = key.rsplit(", ", 1)[-1]
-        chosen = max(machines, key=lambda k: (k.endswith(", " + cores), k.split(" (")[0] == key.split(" (")[0]))
-        tolerance = FOREIGN_TOLERANCE
+
+        def likeness(k: str) -> tuple[bool, bool]:
+            theirs = machines[k].get("machine", {}).get("cpu", {})
+            return theirs.get("usable_cpus") == cpu.get("usable_cpus"), theirs.get("model") == cpu.get("model")
+
+        chosen, tolerance = max(machines, key=likeness), FOREIGN_TOLERANCE
     else:
         return None
     ratios = {stage: v["ratio"] for stage, v in machines[chosen]["stages"].items()}

@@ -5,16 +5,12 @@ counting runs in a child process. Every array handed from Python to compiled cod
 wrapped for numba's reference counting): that boundary cost is measured on its own, with an empty plan.
 """
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from common import spec, stages
-from common.paths import ROOT
 from common.reference import compare
+from tests.processes import last_json, run_python
 
 COUNT = r"""
 import json, os, sys
@@ -47,11 +43,9 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def counts(store) -> dict:
-    run = subprocess.run(
-        [sys.executable, "-c", COUNT, str(store.path)], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+    run = run_python("-c", COUNT, str(store.path))
     assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return last_json(run.stdout)
 
 
 def test_stage_03_allocates_at_least_once_per_layer(counts):

@@ -1,46 +1,14 @@
 """Stage 05's claims: readable generated source with literal shapes, one kernel per distinct layer shape,
 kept in a private cache, and a second construction in a new process compiles nothing."""
 
-import json
 import os
 import re
 import stat
-import subprocess
-import sys
 
 import pytest
 
 from common import spec, stages
-from common.paths import ROOT
-
-BUILD = r"""
-import json, sys
-from common import stages
-from common.images import load_batch, sample_images
-from common.timing import compile_clock
-from common.weights import WeightStore
-stage = stages.load(sys.argv[2])
-with compile_clock() as clock:
-    model = stage.ResNet50(WeightStore(sys.argv[1], verify=False))
-    model(load_batch(sample_images()[:1])[0])
-stats = model.forward.stats
-print(json.dumps({"compile_s": clock.seconds, "hits": sum(stats.cache_hits.values()),
-                  "misses": sum(stats.cache_misses.values()), "path": model.forward.py_func.__code__.co_filename}))
-"""
-
-
-def build_in_new_process(store, stage: str, cache) -> dict:
-    env = {**os.environ, "RESNET50_CACHE": str(cache)}
-    run = subprocess.run(
-        [sys.executable, "-c", BUILD, str(store.path), stage],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout.strip().splitlines()[-1])
+from tests.processes import build_in_new_process
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,11 @@
 divide (the C++ original left the leftover output channels uncomputed). Its speed-up from a second core
 is checked by `make regress`, not here: tests do not time things."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 from common import spec, stages
-from common.paths import ROOT
 from common.reference import compare
+from tests.processes import last_json, run_python
 
 # Runs in a child process: numba's thread pool size (NUMBA_NUM_THREADS) is fixed when numba is imported,
 # and 3 threads on a 2-core machine is exactly the uneven split this test wants.
@@ -44,12 +39,9 @@ print(json.dumps(report))
 
 
 def test_odd_channel_counts_on_1_2_and_3_threads_match_the_judges_conv():
-    env = {**os.environ, "NUMBA_NUM_THREADS": "3"}
-    run = subprocess.run(
-        [sys.executable, "-c", ODD_CONVS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+    run = run_python("-c", ODD_CONVS, env={"NUMBA_NUM_THREADS": "3"})
     assert run.returncode == 0, run.stderr
-    errors = json.loads(run.stdout.strip().splitlines()[-1])
+    errors = last_json(run.stdout)
     assert len(errors) == 9
     for case, err in errors.items():
         assert err < 1e-4, f"{case}: max |diff| {err} (NaN means channels left uncomputed)"

@@ -7,8 +7,6 @@ test_stages_vs_judge.py; the generated-code cache and results files in test_fail
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +16,9 @@ from PIL import Image
 from common import classify
 from common.errors import ImageError, WeightsError
 from common.images import load_image
-from common.paths import IMAGES_DIR, ROOT
+from common.paths import IMAGES_DIR
 from common.weights import WeightStore, tensor_file
+from tests.processes import run_python
 
 CAT = IMAGES_DIR / "cat.png"
 ROCKET = IMAGES_DIR / "rocket.jpg"
@@ -81,7 +80,7 @@ def test_decompression_bomb_is_refused_before_decoding_with_flat_memory(tmp_path
         "try:\n    load_image(sys.argv[1])\nexcept ImageError as e:\n    print(e)\n"
         "print(peak_kib() - before)\n"
     )
-    run = subprocess.run([sys.executable, "-c", probe, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    run = run_python("-c", probe, str(path), timeout=60)
     message, grown_kib = run.stdout.strip().splitlines()
     assert str(path) in message and ("refused before decoding" in message or "decompression bomb" in message)
     assert int(grown_kib) < 20 * 1024, f"memory grew by {int(grown_kib) / 1024:.0f} MiB"
@@ -155,13 +154,9 @@ def test_a_batch_reports_each_bad_file_and_classifies_the_rest(store, tmp_path, 
 
 def test_cli_exit_status_is_2_for_a_single_bad_image(store, tmp_path):
     (tmp_path / "x.jpg").write_text("no")
-    env = {**os.environ, "RESNET50_WEIGHTS": str(store.path)}
-    run = subprocess.run(
-        [sys.executable, "-m", "common.classify", str(tmp_path / "x.jpg"), "--stage", "ref"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    run = run_python(
+        *("-m", "common.classify", str(tmp_path / "x.jpg"), "--stage", "ref"),
+        env={"RESNET50_WEIGHTS": str(store.path)},
         timeout=120,
     )
     assert run.returncode == 2 and run.stdout == ""
@@ -294,12 +289,6 @@ def test_missing_and_corrupt_manifest(copy_of):
 
 def test_cli_with_a_broken_store_is_one_line_and_exit_2(copy_of, tmp_path):
     tensor_file(copy_of, "conv1.weight").unlink()
-    run = subprocess.run(
-        [sys.executable, "-m", "common.classify", str(CAT), "--stage", "02", "--weights", str(copy_of)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_python("-m", "common.classify", str(CAT), "--stage", "02", "--weights", str(copy_of), timeout=120)
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.count("\n") == 1 and "conv1.weight" in run.stderr and "Traceback" not in run.stderr

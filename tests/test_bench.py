@@ -2,15 +2,12 @@
 alone, and a quick bench of two stages runs end to end and writes valid JSON."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from bench import chart, report, results
 from common.errors import ResultsError
-from common.paths import ROOT
+from tests.processes import run_python
 
 
 def test_schema_round_trips(small_results, tmp_path):
@@ -72,13 +69,9 @@ def test_charts_and_readme_table_from_a_results_file(small_results, tmp_path):
 
 
 def test_quick_bench_of_two_stages_end_to_end(store, tmp_path):
-    env = {**os.environ, "RESNET50_WEIGHTS": str(store.path)}
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--stages", "02,04", "--out", str(tmp_path), "--readme", ""],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    run = run_python(
+        *("-m", "bench.run", "--quick", "--stages", "02,04", "--out", str(tmp_path), "--readme", ""),
+        env={"RESNET50_WEIGHTS": str(store.path)},
         timeout=900,
     )
     assert run.returncode == 0, run.stderr[-3000:]

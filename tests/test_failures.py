@@ -4,8 +4,6 @@ runs, and a fuzzed image loader. (Bad images, weights and command lines: test_ba
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,19 +16,9 @@ from common.errors import CacheError
 from common.jit_cache import drop_unreadable
 from common.paths import CACHE_ENV, ROOT, cache_dir
 from common.reference import compare
+from tests.processes import BUILD_STAGE, last_json, run_python, start_python
 
 TINY_STAGE = "from numba import njit\n\n\n@njit(cache=True)\ndef twice(x):\n    return 2 * x\n"
-
-
-def python(code: str, *args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 # ---------------------------------------------------------------- numba's cache and the generated code
@@ -50,16 +38,16 @@ def test_a_truncated_numba_cache_file_is_removed_and_recompiled_not_a_crash(tmp_
         "m = stages.load(stages.StageInfo('99', '99_tiny', Path(sys.argv[1])))\n"
         "print(m.twice(21), sum(m.twice.stats.cache_hits.values()))\n"
     )
-    first = python(run, str(folder / "resnet50.py"))
+    first = run_python("-c", run, str(folder / "resnet50.py"))
     assert first.returncode == 0 and first.stdout.split() == ["42", "0"], first.stderr
     (cached,) = (folder / "__pycache__").glob(f"*{damaged}")
     truncate(cached)
-    again = python(run, str(folder / "resnet50.py"))
+    again = run_python("-c", run, str(folder / "resnet50.py"))
     assert again.returncode == 0, again.stderr  # without the check: UnpicklingError from inside numba
     assert again.stdout.split() == ["42", "0"]  # compiled again
     (line,) = again.stderr.strip().splitlines()
     assert str(cached) in line and "removed" in line
-    third = python(run, str(folder / "resnet50.py"))
+    third = run_python("-c", run, str(folder / "resnet50.py"))
     assert third.stdout.split() == ["42", "1"] and third.stderr == ""  # and cached again
 
 
@@ -116,51 +104,34 @@ def test_the_cache_folder_is_private_and_a_shared_one_is_refused(private_cache):
         cache_dir("codegen")
 
 
-BUILD_AND_CLASSIFY = r"""
-import json, sys
-import numpy as np
-from common import stages
-from common.images import load_batch, sample_images
-from common.weights import WeightStore
-model = stages.load("05").ResNet50(WeightStore(sys.argv[1], verify=False))
-logits = model(load_batch(sample_images()[:1])[0])[0]
-stats = model.forward.stats
-np.save(sys.argv[2], logits)
-print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values())}))
-"""
-
-
 def test_two_processes_building_05_at_once_then_a_damaged_cache(store, judge_logits, tmp_path):
     """Both builders answer right and leave a cache the next process uses; damage to it costs a recompile."""
-    env = {**os.environ, CACHE_ENV: str(tmp_path / "cache")}
+    cache = tmp_path / "cache"
     builders = [
-        subprocess.Popen(
-            [sys.executable, "-c", BUILD_AND_CLASSIFY, str(store.path), str(tmp_path / f"logits{i}.npy")],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        start_python(
+            "-c", BUILD_STAGE, str(store.path), "05", str(tmp_path / f"logits{i}.npy"), env={CACHE_ENV: str(cache)}
         )
         for i in range(2)
     ]
     for i, p in enumerate(builders):
         out, err = p.communicate(timeout=900)
         assert p.returncode == 0, err
-        assert json.loads(out.splitlines()[-1])["misses"] >= 1
+        assert last_json(out)["misses"] >= 1
         verdict = compare(np.load(tmp_path / f"logits{i}.npy"), judge_logits[0])
         assert verdict.ok, f"builder {i}: {verdict}"
 
     def rerun(name: str) -> tuple[dict, str]:
-        run = python(BUILD_AND_CLASSIFY, str(store.path), str(tmp_path / name), env=env)
+        run = run_python(
+            *("-c", BUILD_STAGE, str(store.path), "05", str(tmp_path / name)), env={CACHE_ENV: str(cache)}, timeout=900
+        )
         assert run.returncode == 0, run.stderr
         verdict = compare(np.load(tmp_path / name), judge_logits[0])
         assert verdict.ok, f"{name}: {verdict}"
-        return json.loads(run.stdout.splitlines()[-1]), run.stderr
+        return last_json(run.stdout), run.stderr
 
     stats, _ = rerun("logits2.npy")
     assert stats["misses"] == 0 and stats["hits"] >= 1
-    (folder,) = (tmp_path / "cache" / "codegen").iterdir()
+    (folder,) = (cache / "codegen").iterdir()
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
     (index,) = (folder / "__pycache__").glob("*forward*.nbi")
     index.write_bytes(b"\x80\x05not what numba wrote")
@@ -177,13 +148,9 @@ def test_an_interrupted_bench_keeps_earlier_results_and_writes_no_partial_file(s
     (tmp_path / "latest.json").write_text('{"an": "earlier run"}\n')
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     for sig in (signal.SIGINT, signal.SIGTERM):
-        bench = subprocess.Popen(
-            [sys.executable, "-m", "bench.run", "--quick", "--stages", "02", "--out", str(tmp_path), "--readme", ""],
-            cwd=ROOT,
-            env={**os.environ, "RESNET50_WEIGHTS": str(store.path)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        bench = start_python(
+            *("-m", "bench.run", "--quick", "--stages", "02", "--out", str(tmp_path), "--readme", ""),
+            env={"RESNET50_WEIGHTS": str(store.path)},
         )
         time.sleep(8)  # importing, loading weights, judging, timing: well before the end of a run
         assert bench.poll() is None, "the run ended before it could be interrupted"
@@ -221,15 +188,7 @@ print(results.save(data, Path(sys.argv[1]).parent / "out"))
 def test_runs_saving_at_once_do_not_clobber_each_other(small_results, tmp_path):
     (tmp_path / "template.json").write_text(json.dumps(small_results))
     start = str(time.time() + 3)
-    savers = [
-        subprocess.Popen(
-            [sys.executable, "-c", SAVE, str(tmp_path / "template.json"), start, f"run {i}"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(4)
-    ]
+    savers = [start_python("-c", SAVE, str(tmp_path / "template.json"), start, f"run {i}") for i in range(4)]
     paths = [Path(p.communicate(timeout=60)[0].strip()) for p in savers]
     assert all(p.returncode == 0 for p in savers)
     assert len(set(paths)) == 4
@@ -331,7 +290,7 @@ def test_fuzzed_images_give_only_image_errors_in_bounded_time_and_memory():
     """Random bytes and mutated real images of every format the loader meets: either a (3, 224, 224) input
     or one ImageError line, each within hypothesis's deadline, the process under a 2 GiB address-space cap."""
     seeds = [str(ROOT / "images" / name) for name in ("horse.png", "rocket.jpg")]
-    run = python(FUZZ, *seeds, timeout=600)
+    run = run_python("-c", FUZZ, *seeds, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     slowest_s, peak_mib, loaded, refused = map(float, run.stdout.split())
     assert slowest_s < 3.0 and peak_mib < 1024, run.stdout

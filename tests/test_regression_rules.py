@@ -93,18 +93,25 @@ def test_machine_key_separates_cpu_models_and_core_counts():
 
 
 def test_another_machines_baseline_is_used_with_a_wider_tolerance_when_this_one_has_none():
+    cpu_a = {"model": "CPU A", "family": "6", "model_number": "1", "usable_cpus": 8}
+    cpu_b = {"model": "CPU B", "family": "6", "model_number": "2", "usable_cpus": 2}
+    cpu_c = {"model": "CPU C", "family": "25", "model_number": "17", "usable_cpus": 2}
+
+    def record(cpu, ratio):
+        return {"machine": {"cpu": cpu}, "stages": {"02_vectorized": {"ratio": ratio}}}
+
     data = {
         "machines": {
-            "CPU A (family 6, model 1), 8 cores": {"stages": {"02_vectorized": {"ratio": 9.0}}},
-            "CPU B (family 6, model 2), 2 cores": {"stages": {"02_vectorized": {"ratio": 5.0}}},
+            regression.machine_key(cpu_a): record(cpu_a, 9.0),
+            regression.machine_key(cpu_b): record(cpu_b, 5.0),
         }
     }
-    own = regression.pick_baseline(data, "CPU B (family 6, model 2), 2 cores")
+    own = regression.pick_baseline(data, cpu_b)
     assert (own.ratios, own.tolerance, own.foreign) == ({"02_vectorized": 5.0}, regression.TOLERANCE, False)
-    other = regression.pick_baseline(data, "CPU C (family 25, model 17), 2 cores")
+    other = regression.pick_baseline(data, cpu_c)
     assert other.machine == "CPU B (family 6, model 2), 2 cores"  # same core count
     assert other.foreign and other.tolerance == regression.FOREIGN_TOLERANCE > regression.TOLERANCE
     # a 1.5x slowdown is noise across machines but a doubling is not
     assert not regression.compare({"02_vectorized": 7.5}, other.ratios, other.tolerance)[0].failed
     assert regression.compare({"02_vectorized": 10.5}, other.ratios, other.tolerance)[0].failed
-    assert regression.pick_baseline({"machines": {}}, "CPU C, 2 cores") is None
+    assert regression.pick_baseline({"machines": {}}, cpu_c) is None

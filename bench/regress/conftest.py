@@ -88,6 +88,18 @@ def machine_kind() -> tuple[str, dict]:
 
 
 @pytest.fixture(scope="session")
+def baseline(machine_kind) -> regression.Baseline:
+    """What this run is compared with: this machine kind's entry in results/baseline.json, or the nearest."""
+    key, info = machine_kind
+    chosen = regression.pick_baseline(regression.load_baseline(regression.BASELINE), info["cpu"])
+    if chosen is None:
+        pytest.fail(f"{regression.BASELINE} holds no baseline; `make baseline` records one", pytrace=False)
+    if chosen.foreign:
+        print(f"\nno baseline for {key!r}: comparing with {chosen.machine!r} at {chosen.tolerance:.0%} tolerance")
+    return chosen
+
+
+@pytest.fixture(scope="session")
 def ratios() -> dict[str, float]:
     """Stage -> median(latency / calibration) of this run, filled in by the latency benchmarks."""
     return {}

@@ -21,7 +21,7 @@ def build(info: stages.StageInfo, store):
 
 
 @pytest.mark.parametrize("info", STAGES, ids=[s.name for s in STAGES])
-def test_latency(benchmark, info, store, image, calibration, ratios, latencies, machine_kind, request):
+def test_latency(benchmark, info, store, image, calibration, ratios, latencies, request):
     model = build(info, store)
     model(image)  # compile or load from the cache; warm up
     calibrations = []
@@ -44,21 +44,12 @@ def test_latency(benchmark, info, store, image, calibration, ratios, latencies, 
     )
     if request.config.getoption("--write-baseline"):
         return
-    baseline = chosen_baseline(machine_kind[0])
+    baseline = request.getfixturevalue("baseline")
     known = {info.name: baseline.ratios[info.name]} if info.name in baseline.ratios else {}
     (finding,) = regression.compare({info.name: ratio}, known, baseline.tolerance)
     print(finding.message)
     if finding.failed:
         pytest.fail(finding.message, pytrace=False)
-
-
-def chosen_baseline(key: str) -> regression.Baseline:
-    baseline = regression.pick_baseline(regression.load_baseline(regression.BASELINE), key)
-    if baseline is None:
-        pytest.fail(f"{regression.BASELINE} holds no baseline; `make baseline` records one", pytrace=False)
-    if baseline.foreign:
-        print(f"no baseline for {key!r}: comparing with {baseline.machine!r} at {baseline.tolerance:.0%} tolerance")
-    return baseline
 
 
 PROMISES = [(s, regression.read_promise((s.folder / "NOTES.md").read_text(encoding="utf-8"))) for s in STAGES]
@@ -88,10 +79,10 @@ def test_promised_speedup(info, promise, store, image):
         pytest.fail(finding.message, pytrace=False)
 
 
-def test_every_stage_in_the_baseline_was_measured(ratios, machine_kind, request):
+def test_every_stage_in_the_baseline_was_measured(ratios, request):
     if request.config.getoption("--write-baseline"):
         return
-    baseline = chosen_baseline(machine_kind[0])
+    baseline = request.getfixturevalue("baseline")
     missing = [f for f in regression.compare(ratios, baseline.ratios) if f.status == "missing"]
     if missing:
         pytest.fail("; ".join(f.message for f in missing), pytrace=False)
