@@ -9,11 +9,17 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev
-comma := ,
-SETUP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-WEIGHTS_DIR := $(or $(RESNET50_WEIGHTS),weights)
-WEIGHTS := $(WEIGHTS_DIR)/manifest.json
+# The tested versions (requirements.lock, refreshed by `make lock`); UNLOCKED=1 takes pyproject.toml's ranges.
+LOCK := requirements.lock
+SETUP := $(VENV)/.installed$(if $(UNLOCKED),-unlocked)
+OPENVINO_VERSION := 2026.4.1
+
+# $(call q,NAME): make variable NAME as one shell word, whatever it holds (spaces, quotes, backticks, $):
+# single-quoted, each ' written as '\'', and taken with $(value) so make does not expand a $( in it either.
+# Every variable a user sets reaches the shell this way, never pasted in bare.
+q = '$(subst ','\'',$(value $(1)))'
+given = $(strip $(value $(1)))
+RUN = $(foreach v,RESNET50_WEIGHTS RESNET50_CACHE,$(if $(call given,$(v)),$(v)=$(call q,$(v)))) $(PY)
 
 SOURCE ?= auto
 SEED ?= 0
@@ -23,9 +29,14 @@ IMG ?=
 FORMAT ?= text
 A ?=
 B ?=
+# (After the defaults: `unexport X` defines X, and `X ?= ...` would then keep it empty.)
+# make expands a variable it exports to a recipe's environment (a command-line IMG='$(shell ...)' would
+# run), so the knobs are not exported; the two the programs read from the environment are passed quoted.
+KNOBS := IMG STAGE STAGES SOURCE SEED FORCE FORMAT RESULTS A B QUICK THREADS RESNET50_WEIGHTS RESNET50_CACHE
+unexport $(KNOBS)
 BENCH_COLUMNS := --benchmark-columns=min,median,rounds --benchmark-sort=name
 
-.PHONY: help setup weights test bench chart classify profile regress baseline diff codegen lint torch openvino clean clean-cache
+.PHONY: help setup lock weights weights-ready test bench chart classify profile regress baseline diff codegen lint torch openvino clean clean-cache
 
 help:
 	@echo "make bench                  every stage and peer on images/, results/ + charts + README table (QUICK=1, STAGES=01,06)"
@@ -39,58 +50,74 @@ help:
 	@echo "make codegen                write stage 05's generated kernels to codegen/ to read"
 	@echo "make torch | make openvino  install an optional peer into .venv"
 	@echo "make lint | make clean | make clean-cache (generated kernels in ~/.cache/resnet50-ladder)"
+	@echo "make setup [UNLOCKED=1]     .venv with the tested versions (requirements.lock); make lock refreshes it"
+	@echo "Paths and names are passed to the programs as they are: IMG='my photo.png' needs no extra quoting."
 
 setup: $(SETUP)
 
-# Re-run when pyproject.toml changes. pip reads only the local package registries here.
-$(SETUP): pyproject.toml
+# Re-run when the lock or pyproject.toml changes. pip reads only the local package registries here.
+$(SETUP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed; run make PYTHON=/path/to/python3.11")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "setup: installing dependencies into $(VENV) (first run only)" >&2
-	@$(PY) -m pip install --quiet --disable-pip-version-check ".[$(EXTRAS)]" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+	@echo "setup: installing dependencies into $(VENV) ($(if $(UNLOCKED),pyproject.toml's ranges,the tested versions in $(LOCK)))" >&2
+	@$(PY) -m pip install --quiet --disable-pip-version-check $(if $(UNLOCKED),".[dev]",-r $(LOCK)) 2>&1 | grep -v '^WARNING: Location' >&2 || true
 	@$(PY) -c 'import numba, onnxruntime, PIL, matplotlib, pytest' || { echo "setup: installing failed" >&2; exit 1; }
-	@rm -f $(VENV)/.installed-*
+	@rm -f $(VENV)/.installed*
 	@touch $@
 
-# Made once when missing; `make weights` re-makes on request.
-$(WEIGHTS): | $(SETUP)
-	@$(PY) -m common.make_weights --source auto
+# Rebuild requirements.lock from pyproject.toml's ranges: a scratch venv, the newest versions they allow.
+lock:
+	@rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	@.venv-lock/bin/python -m pip install --quiet --disable-pip-version-check ".[dev]"
+	@{ sed -n '/^#/p' $(LOCK); .venv-lock/bin/python -m pip freeze --exclude resnet50-ladder; } > $(LOCK).new
+	@mv $(LOCK).new $(LOCK) && rm -rf .venv-lock
+	@echo "lock: $(LOCK) rewritten; run make test and make bench before committing it"
+
+# Made once when missing ($$RESNET50_WEIGHTS or weights/); `make weights` re-makes on request. A path that
+# holds anything but a store this project made is refused, and nothing there is touched.
+weights-ready: $(SETUP)
+	@w=$(if $(call given,RESNET50_WEIGHTS),$(call q,RESNET50_WEIGHTS),weights); \
+	test -f "$$w/manifest.json" || $(RUN) -m common.make_weights --source auto
 
 weights: $(SETUP)
-	@$(PY) -m common.make_weights --source "$(SOURCE)" --seed $(SEED) $(if $(FORCE),--force)
+	@$(RUN) -m common.make_weights --source=$(call q,SOURCE) --seed=$(call q,SEED) $(if $(call given,FORCE),--force)
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass.
-test: $(SETUP) $(WEIGHTS)
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+test: weights-ready
+	@$(RUN) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "test: pytest collected no tests; failing" >&2; exit 1; fi; exit $$rc
 
-bench: $(SETUP) $(WEIGHTS)
-	@$(PY) -m bench.run $(if $(STAGES),--stages $(STAGES)) $(if $(QUICK),--quick)
+bench: weights-ready
+	@$(RUN) -m bench.run $(if $(call given,STAGES),--stages=$(call q,STAGES)) $(if $(call given,QUICK),--quick)
 
 chart: $(SETUP)
-	@$(PY) -m bench.chart $(if $(RESULTS),--results $(RESULTS))
+	@$(RUN) -m bench.chart $(if $(call given,RESULTS),--results=$(call q,RESULTS))
 
-classify: $(SETUP) $(WEIGHTS)
-	@$(PY) -m common.classify $(IMG) $(if $(STAGE),--stage $(STAGE)) --format $(FORMAT)
+# `--` before the image: a file named -x.png is a file, not an option.
+classify: weights-ready
+	@$(RUN) -m common.classify $(if $(call given,STAGE),--stage=$(call q,STAGE)) --format=$(call q,FORMAT) \
+		$(if $(call given,IMG),-- $(call q,IMG))
 
-profile: $(SETUP) $(WEIGHTS)
-	@$(PY) -m bench.profile --stage $(or $(STAGE),06)
+profile: weights-ready
+	@$(RUN) -m bench.profile --stage=$(if $(call given,STAGE),$(call q,STAGE),06)
 
-regress: $(SETUP) $(WEIGHTS)
-	@$(PY) -m pytest bench/regress -p no:cacheprovider -q $(BENCH_COLUMNS) $(REGRESS_ARGS); rc=$$?; \
+regress: weights-ready
+	@$(RUN) -m pytest bench/regress -p no:cacheprovider -q $(BENCH_COLUMNS) $(REGRESS_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "regress: no benchmarks collected; failing" >&2; exit 1; fi; exit $$rc
 
-baseline: $(SETUP) $(WEIGHTS)
-	@$(PY) -m pytest bench/regress -p no:cacheprovider -q $(BENCH_COLUMNS) --write-baseline
+baseline: weights-ready
+	@$(RUN) -m pytest bench/regress -p no:cacheprovider -q $(BENCH_COLUMNS) --write-baseline
 
 diff:
-	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make diff A=03 B=04" >&2; exit 2; }
-	@a=$$(ls -d stages/$(A)_* 2>/dev/null | head -1); b=$$(ls -d stages/$(B)_* 2>/dev/null | head -1); \
-	test -n "$$a" -a -n "$$b" || { echo "diff: no stage $(A) or $(B) in stages/" >&2; exit 2; }; \
+	@a=$(call q,A); b=$(call q,B); \
+	case "$$a$$b" in [0-9][0-9][0-9][0-9]) ;; *) echo "usage: make diff A=03 B=04 (two stage numbers)" >&2; exit 2;; esac; \
+	sa=$$(ls -d stages/"$$a"_* 2>/dev/null | head -1); sb=$$(ls -d stages/"$$b"_* 2>/dev/null | head -1); \
+	test -n "$$sa" -a -n "$$sb" || { echo "diff: no stage $$a or $$b in stages/" >&2; exit 2; }; \
+	a="$$sa"; b="$$sb"; \
 	diff -ru --exclude=__pycache__ "$$a" "$$b" | { if [ -t 1 ] && command -v colordiff >/dev/null; then colordiff; else cat; fi; }; true
 
-codegen: $(SETUP) $(WEIGHTS)
-	@$(PY) -m bench.codegen_dump --out codegen
+codegen: weights-ready
+	@$(RUN) -m bench.codegen_dump --out codegen
 
 lint: $(SETUP)
 	@$(VENV)/bin/ruff check .
@@ -101,13 +128,14 @@ torch: $(SETUP)
 	@$(PY) -c 'import torch; print("torch", torch.__version__)'
 
 openvino: $(SETUP)
-	@$(PY) -m pip install --quiet --disable-pip-version-check openvino 2>&1 | grep -v '^WARNING: Location' >&2 || true
+	@$(PY) -m pip install --quiet --disable-pip-version-check "openvino==$(OPENVINO_VERSION)" 2>&1 | grep -v '^WARNING: Location' >&2 || true
 	@$(PY) -c 'import openvino; print("openvino", openvino.__version__)'
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks .hypothesis codegen
+	rm -rf $(VENV) .venv-lock .pytest_cache .ruff_cache .benchmarks .hypothesis codegen
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Generated kernels of every version made so far (one folder per generator version); rebuilt on next use.
-clean-cache:
-	rm -rf "$(or $(RESNET50_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/resnet50-ladder)/codegen"
+# Only folders this project wrote are removed; anything else in the cache folder is named and left alone.
+clean-cache: $(SETUP)
+	@$(RUN) -m common.codegen_cache --clean

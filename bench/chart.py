@@ -11,6 +11,7 @@ overview.png    the four together, for the README
 import argparse
 import itertools
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -160,35 +161,56 @@ def subtitle(res: dict) -> str:
     return f"ResNet-50, fp32, {cpu['model']}, {cpu['usable_cpus']} cores, {res['created'][:10]}"
 
 
-def draw(res: dict, folder: Path) -> list[Path]:
+def render(res: dict, folder: Path) -> list[tuple[Path, Path]]:
+    """Draw every chart into a temporary file of this process beside its final name: [(temporary, final)].
+    Nothing a reader sees changes until `publish`; on any failure the temporaries are removed."""
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for key, panel in PANELS.items():
-        fig, ax = plt.subplots(figsize=(9, 5.5))
-        panel(ax, res)
-        fig.suptitle(subtitle(res), fontsize=8, y=0.995)
-        fig.tight_layout()
-        written.append(save_figure(fig, folder / f"{key}.png"))
-    fig, axes = plt.subplots(2, 2, figsize=(16, 11))
-    for ax, panel in zip(axes.flat, PANELS.values(), strict=True):
-        panel(ax, res)
-    fig.suptitle(subtitle(res), fontsize=10)
-    fig.tight_layout()
-    written.append(save_figure(fig, folder / "overview.png"))
-    return written
+    pairs: list[tuple[Path, Path]] = []
+    try:
+        for key, panel in PANELS.items():
+            fig, ax = plt.subplots(figsize=(9, 5.5))
+            panel(ax, res)
+            fig.suptitle(subtitle(res), fontsize=8, y=0.995)
+            pairs.append(save_figure(fig, folder / f"{key}.png"))
+        fig, axes = plt.subplots(2, 2, figsize=(16, 11))
+        for ax, panel in zip(axes.flat, PANELS.values(), strict=True):
+            panel(ax, res)
+        fig.suptitle(subtitle(res), fontsize=10)
+        pairs.append(save_figure(fig, folder / "overview.png"))
+    except BaseException:
+        discard(pairs)
+        raise
+    return pairs
 
 
-def save_figure(fig, path: Path, dpi: int = 110) -> Path:
-    """Through a temporary file of this process, then rename: an interrupted or concurrent run never
-    leaves a half-drawn chart."""
+def publish(pairs: list[tuple[Path, Path]]) -> list[Path]:
+    """Rename the rendered charts to their names (each rename atomic)."""
+    for tmp, final in pairs:
+        tmp.replace(final)
+    return [final for _, final in pairs]
+
+
+def discard(pairs: list[tuple[Path, Path]]) -> None:
+    for tmp, _ in pairs:
+        tmp.unlink(missing_ok=True)
+
+
+def draw(res: dict, folder: Path) -> list[Path]:
+    return publish(render(res, folder))
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> tuple[Path, Path]:
+    """Into a temporary file of this process beside `path`: (temporary, path). A concurrent run has its own."""
     tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
     try:
+        fig.tight_layout()
         fig.savefig(tmp, dpi=dpi, format="png")
-        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return tmp, path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,20 +218,36 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.chart", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR / "latest.json")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default: the results' folder)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the PNGs (default: results/)")
     parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update ('' for none)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         res = results.load(args.results)
-        for path in draw(res, args.out or args.results.parent):
-            print(path)
         readme = Path(args.readme) if args.readme else None
-        if readme and readme.exists() and not report.update_readme(readme, res):
+        text = report.readme_text(readme, res) if readme and readme.exists() else None
+        if readme and readme.exists() and text is None:
             print(f"{readme}: no results markers; table not written", file=sys.stderr)
+        pairs = render(res, args.out)
+        try:
+            with results.signals_held():  # the charts and the table change together, or not at all
+                for path in publish(pairs):
+                    print(path)
+                if readme is not None and text is not None:
+                    results.write_atomic(readme, text)
+        finally:
+            discard(pairs)
     except LadderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("chart: interrupted; the charts and README are as they were", file=sys.stderr)
+        return 130
     return 0
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

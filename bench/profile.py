@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
 
 from bench import peak
-from bench.chart import save_figure
+from bench.chart import publish, save_figure
 from bench.results import write_atomic
 from common import spec, stages
 from common.errors import LadderError
@@ -97,7 +97,7 @@ def chart(name: str, threads: int, rows: list[dict], top: float, path: Path) -> 
     ax2.set_ylabel("GFLOP/s")
     ax2.set_xticks(list(x), [r["layer"] for r in rows], rotation=90, fontsize=6)
     fig.tight_layout()
-    save_figure(fig, path, dpi=100)
+    publish([save_figure(fig, path, dpi=100)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,41 +30,106 @@ earlier results as they were and no partial JSON.
 """
 
 import json
+import math
 import os
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from common.errors import ResultsError
+from common.files import FileRefused, read_regular
 
 SCHEMA = 1
 REQUIRED = ("schema", "created", "settings", "machine", "peak", "flops_per_image", "entries")
 
 
-def validate(results: dict, origin: object = "results") -> dict:
-    if not isinstance(results, dict):
-        raise ResultsError(f"{origin}: not a JSON object")
+MAX_RESULTS_BYTES = 64 * 2**20  # a full run writes about 30 KB
+
+
+def _finite(value: object, positive: bool = True) -> bool:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return ok and (value > 0 if positive else value >= 0)
+
+
+def _need(ok: bool, origin: object, what: str) -> None:
+    if not ok:
+        raise ResultsError(f"{origin}: {what}")
+
+
+def validate(results: object, origin: object = "results") -> dict:
+    """Every field the table and the charts read, checked, so a damaged or hand-edited file is one line
+    naming what is wrong instead of a traceback (or a NaN) halfway through drawing."""
+    _need(isinstance(results, dict), origin, "not a JSON object")
+    assert isinstance(results, dict)
     if results.get("schema") != SCHEMA:
         raise ResultsError(
             f"{origin}: results schema {results.get('schema')!r} is not {SCHEMA}, the one this code reads; "
             "re-run `make bench` (or check out the commit that wrote it)"
         )
     missing = [k for k in REQUIRED if k not in results]
-    if missing:
-        raise ResultsError(f"{origin}: results lack {', '.join(missing)}")
-    for entry in results["entries"]:
+    _need(not missing, origin, f"results lack {', '.join(missing)}")
+    _need(isinstance(results["created"], str), origin, "'created' is not a date")
+    settings, machine, peak = results["settings"], results["machine"], results["peak"]
+    _need(isinstance(settings, dict) and isinstance(settings.get("images"), list), origin, "settings lack images")
+    cpu = machine.get("cpu") if isinstance(machine, dict) else None
+    _need(
+        isinstance(cpu, dict)
+        and isinstance(cpu.get("model"), str)
+        and isinstance(cpu.get("usable_cpus"), int)
+        and isinstance(cpu.get("flags"), list),
+        origin,
+        "machine.cpu lacks model, usable_cpus or flags",
+    )
+    _need(isinstance(machine.get("git_commit"), str), origin, "machine lacks git_commit")
+    _need(isinstance(peak, dict), origin, "peak is not an object")
+    for key in ("gflops_1_thread", "gflops_all_threads"):
+        _need(_finite(peak.get(key)), origin, f"peak.{key} is not a positive number")
+    _need(isinstance(peak.get("threads_all"), int) and peak["threads_all"] >= 1, origin, "peak.threads_all")
+    _need(_finite(results["flops_per_image"]), origin, "flops_per_image is not a positive number")
+    entries = results["entries"]
+    _need(isinstance(entries, list) and entries, origin, "results hold no entries")
+    for i, entry in enumerate(entries):
+        _need(isinstance(entry, dict), origin, f"entry {i} is not an object")
         for key in ("name", "label", "kind", "threads", "status"):
-            if key not in entry:
-                raise ResultsError(f"{origin}: an entry lacks {key!r}")
+            _need(key in entry, origin, f"entry {i} lacks {key!r}")
+        where = f"entry {entry['name']!r}"
+        _need(isinstance(entry["name"], str) and isinstance(entry["label"], str), origin, f"{where}: name/label")
+        _need(entry["kind"] in ("stage", "peer"), origin, f"{where}: kind {entry['kind']!r}")
+        _need(isinstance(entry["threads"], int) and entry["threads"] >= 1, origin, f"{where}: threads")
+        _need(entry["threads"] in (1, peak["threads_all"]), origin, f"{where}: no peak for {entry['threads']} threads")
+        if entry["status"] != "ok":
+            continue
+        latency = entry.get("latency_ms")
+        _need(isinstance(latency, dict), origin, f"{where}: no latency_ms")
+        for key in ("median", "min", "p90"):
+            _need(_finite(latency.get(key)), origin, f"{where}: latency_ms.{key} is not a positive number")
+        for key in ("gflops", "peak_fraction"):
+            _need(_finite(entry.get(key), positive=False), origin, f"{where}: {key} is not a number")
+        throughput = entry.get("throughput")
+        _need(throughput is None or isinstance(throughput, dict), origin, f"{where}: throughput")
+        if throughput and "images_per_s" in throughput:
+            _need(_finite(throughput["images_per_s"]), origin, f"{where}: throughput.images_per_s")
+        _need(entry.get("cpp_ms") is None or _finite(entry["cpp_ms"]), origin, f"{where}: cpp_ms")
+    _need(any(e["status"] == "ok" for e in entries), origin, "no entry was timed (every status is not 'ok')")
+    extrapolations = results.get("extrapolations", [])
+    _need(isinstance(extrapolations, list), origin, "extrapolations is not a list")
+    for x in extrapolations:
+        named = isinstance(x, dict) and isinstance(x.get("name"), str)
+        _need(named and _finite(x.get("latency_s")) and _finite(x.get("mflops")), origin, "an extrapolation's numbers")
     return results
 
 
 def load(path: str | os.PathLike) -> dict:
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular(path, MAX_RESULTS_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise ResultsError(f"{path}: no results file; run `make bench` first") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except FileRefused as e:
+        raise ResultsError(str(e)) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ResultsError(f"{path}: not readable JSON ({str(e).splitlines()[0]})") from None
     return validate(data, path)
 
@@ -83,8 +148,20 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def save(results: dict, folder: Path) -> Path:
-    """Write the run under a new name (never an existing one) and point latest.json at it."""
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and `kill` wait until the block is done: files written in it change together, or not at all."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def save(results: dict, folder: Path, latest: bool = True) -> Path:
+    """Write the run under a new name (never an existing one) and, unless `latest` is False, point
+    latest.json at it."""
     validate(results)
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=1) + "\n"
@@ -95,5 +172,6 @@ def save(results: dict, folder: Path) -> Path:
         path = folder / f"{stamp}-{os.getpid()}-{n}.json"
         n += 1
     write_atomic(path, text)
-    write_atomic(folder / "latest.json", text)
+    if latest:
+        write_atomic(folder / "latest.json", text)
     return path

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench import chart, machine, peak, peers, pure_python, report, results
+from bench.calibration import BUSY_EFFICIENCY, Calibration
 from bench.measure import Entry, Turns, prepare, summary, time_latency, time_throughput
 from common import spec, stages
 from common.errors import LadderError
@@ -76,6 +77,8 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None)
     for trap in info["environment_traps"]:
         say(f"bench: environment trap: {trap}")
     judge = Reference(store, max_batch=len(images))(images)
+    contention = Contention(cores)
+    contention.check("start")
     say("bench: measuring the machine's fp32 GEMM peak ...")
     limit = peak.measure(cores, repeats=3 if quick else 5)
     say(f"bench: peak {limit['gflops_1_thread']} GFLOP/s on 1 thread, {limit['gflops_all_threads']} on {cores}")
@@ -110,6 +113,7 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None)
         time_throughput(entry, images, judge, knobs["batch"], knobs["tp_budget_s"], knobs["tp_repeats"], pause)
     say("bench: timing pure Python on a slice of one layer ...")
     extrapolation = pure_python.measure()
+    contention.check("end")
 
     info["numba_threading_layer"] = _threading_layer()
     peak_of = {1: limit["gflops_1_thread"], cores: limit["gflops_all_threads"]}
@@ -131,14 +135,65 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None)
         "flops_per_image": spec.TOTAL_FLOPS,
         "entries": [summary(e, spec.TOTAL_FLOPS, peak_of[e.threads]) for e in entries],
         "extrapolations": [extrapolation],
+        "contention": contention.summary(),
     }
-    path = results.save(data, out_dir)
-    chart.draw(data, out_dir)
-    if readme is not None and not report.update_readme(readme, data):
-        say(f"bench: {readme} has no results markers; table not written")
     print(report.table(data))
+    if contention.busy:
+        # Its numbers are kept, as a file of their own, but not published over a quiet run's.
+        path = results.save(data, out_dir, latest=False)
+        say(
+            f"bench: WARNING: {contention.reason}. The figures are not trustworthy: saved to {path} only; "
+            f"latest.json, the charts and the README are unchanged. Re-run on a quiet machine."
+        )
+        return path
+    text = report.readme_text(readme, data) if readme is not None else None
+    if readme is not None and text is None:
+        say(f"bench: {readme} has no results markers; table not written")
+    pairs = chart.render(data, out_dir)
+    try:
+        with results.signals_held():  # results, charts and table change together, or not at all
+            path = results.save(data, out_dir)
+            chart.publish(pairs)
+            if readme is not None and text is not None:
+                results.write_atomic(readme, text)
+    finally:
+        chart.discard(pairs)
     say(f"bench: wrote {path}, {out_dir / 'latest.json'} and the charts in {out_dir}/")
     return path
+
+
+class Contention:
+    """Is another process holding a core? Checked at the start and the end of the run with the threads'
+    calibration (bench/calibration.py): N threads should run their per-thread work as fast as one does.
+    Two benches at once published a 2-thread peak of 86-94 GFLOP/s (about 200 alone) without this."""
+
+    def __init__(self, cores: int) -> None:
+        self.cores = cores
+        self.readings: dict[str, float] = {}
+        self.calibration = Calibration("threads", cores) if cores > 1 else None
+
+    def check(self, when: str) -> None:
+        if self.calibration is None:
+            return
+        efficiency = float(np.median([self.calibration().efficiency for _ in range(5)]))
+        self.readings[when] = round(efficiency, 3)
+        if efficiency < BUSY_EFFICIENCY:
+            say(
+                f"bench: WARNING ({when} of the run): {self.cores} threads ran at {efficiency:.0%} of one thread's "
+                "speed: another process is using the cores, and every multi-threaded figure will suffer"
+            )
+
+    @property
+    def busy(self) -> bool:
+        return any(e < BUSY_EFFICIENCY for e in self.readings.values())
+
+    @property
+    def reason(self) -> str:
+        worst = min(self.readings.values(), default=1.0)
+        return f"the machine was busy during the run ({self.cores} threads at {worst:.0%} of one thread's speed)"
+
+    def summary(self) -> dict:
+        return {"threads_efficiency": self.readings, "busy": self.busy, "threshold": BUSY_EFFICIENCY}
 
 
 def _threading_layer() -> str | None:

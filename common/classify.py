@@ -41,9 +41,18 @@ def build_model(stage: str, store: WeightStore):
     return stages.load(info).ResNet50(store, max_batch=1), info.name
 
 
+class OutputError(LadderError):
+    """The model produced numbers that are not a classification (NaN or Inf logits)."""
+
+
 def classify(model, path: Path, top: int) -> dict:
     x = load_image(path)[None]
     logits, seconds, compiling = timed_call(model, x)
+    if not np.isfinite(logits).all():
+        raise OutputError(
+            f"{path}: the model produced NaN or Inf logits, not a classification "
+            "(weights outside a trained network's range?); check the store with `make weights`"
+        )
     probs = softmax(logits[0])
     best = np.argsort(-probs, kind="stable")[:top]
     names = class_names()
@@ -62,6 +71,16 @@ def print_text(result: dict, label: str) -> None:
         print(f"  {rank}. {100 * entry['probability']:5.1f}%  {entry['name']} ({entry['index']})")
 
 
+def top_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of classes from 1 to 1000")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m common.classify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -69,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="*", help="image files or folders (default: every image in images/)")
     parser.add_argument("--stage", default=None, help="01, 02, ... or 'ref' for ONNX Runtime (default: the last)")
     parser.add_argument("--format", choices=("text", "json"), default="text")
-    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--top", type=top_count, default=5, help="how many classes to list (1-1000)")
     parser.add_argument("--weights", type=Path, default=None, help="weight store (default: weights/)")
     args = parser.parse_args(argv)
     try:
@@ -86,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         try:
             result = classify(model, path, args.top)
-        except ImageError as e:
+        except (ImageError, OutputError) as e:
             print(f"error: {e}", file=sys.stderr)
             status = 2
             continue
         if args.format == "json":
             result.update(stage=label, weights=store.source, weights_random=store.is_random)
-            print(json.dumps(result), flush=True)
+            print(json.dumps(result, allow_nan=False), flush=True)
         else:
             print_text(result, label)
     return status

@@ -18,6 +18,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from common import spec
 from common.errors import ImageError
+from common.files import FileRefused, open_regular
 from common.paths import IMAGES_DIR
 
 RESIZE = 256
@@ -28,6 +29,8 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 # photo needs for a 224x224 crop; a forged header can claim gigapixels in a few hundred bytes.
 MAX_PIXELS = 64_000_000
 MAX_FILE_BYTES = 256 * 1024 * 1024
+# Up to an aspect ratio of 8:1 the resize is torchvision's, bit for bit; beyond it, only the crop's region.
+MAX_RESIZED_PIXELS = RESIZE * RESIZE * 8
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm")
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a half-grey picture
@@ -48,10 +51,17 @@ def preprocess(rgb: Image.Image) -> np.ndarray:
         size = (RESIZE, int(RESIZE * h / w))
     else:
         size = (int(RESIZE * w / h), RESIZE)
-    resized = rgb.resize(size, Image.Resampling.BILINEAR)
     left = round((size[0] - CROP) / 2.0)
     top = round((size[1] - CROP) / 2.0)
-    crop = resized.crop((left, top, left + CROP, top + CROP))
+    if size[0] * size[1] <= MAX_RESIZED_PIXELS:
+        crop = rgb.resize(size, Image.Resampling.BILINEAR).crop((left, top, left + CROP, top + CROP))
+    else:
+        # An extreme aspect ratio: a 1x200000 image would be resized to 256x51200000 (39 GB) to keep its
+        # central 224x224. Resize only the part of the source that the crop keeps: Pillow's `box` places
+        # each output pixel and its filter as the full resize does (up to one 8-bit level of rounding).
+        sx, sy = w / size[0], h / size[1]
+        box = (left * sx, top * sy, (left + CROP) * sx, (top + CROP) * sy)
+        crop = rgb.resize((CROP, CROP), Image.Resampling.BILINEAR, box=box)
     x = np.asarray(crop, dtype=np.float32) / np.float32(255.0)
     x = (x - MEAN) / STD
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
@@ -71,17 +81,28 @@ def _decode_rgb(path: Path) -> Image.Image:
             if not sample_images(path)
             else "is a directory, not an image file",
         )
-    if size == 0:
-        raise ImageError(path, "file is empty")
-    if size > MAX_FILE_BYTES:
-        raise ImageError(path, f"file is {size / 2**20:.0f} MiB, larger than the {MAX_FILE_BYTES >> 20} MiB limit")
+    try:
+        f = open_regular(path, MAX_FILE_BYTES)  # a FIFO or /dev/zero named .png: refused, not read forever
+    except FileRefused as e:
+        raise ImageError(path, str(e).split(": ", 1)[-1]) from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except OSError as e:
+        raise ImageError(path, f"cannot read ({e.strerror})") from None
+    with f:
+        if size == 0:
+            raise ImageError(path, "file is empty")
+        return _decode_open(path, f)
+
+
+def _decode_open(path: Path, f) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # Pillow warns (several lines, to stderr) about damaged EXIF and the like, then carries on as
             # an image viewer would: so do we, quietly. A decompression bomb is an error.
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(f) as im:
                 w, h = im.size
                 if w < 1 or h < 1:
                     raise ImageError(path, f"image has no pixels ({w}x{h})")

@@ -6,6 +6,24 @@ from common import spec
 from common.errors import ModelInputError
 
 SHAPE = (spec.IN_CHANNELS, spec.IMAGE_SIZE, spec.IMAGE_SIZE)
+# A stage plans every buffer for max_batch images at construction (about 25 MB each): 64 is 1.6 GB.
+MAX_BATCH = 64
+
+
+def check_max_batch(max_batch: object) -> int:
+    """A stage's or the judge's max_batch: a whole number of images, 1 to MAX_BATCH; else ModelInputError."""
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int | np.integer) or not 1 <= max_batch <= MAX_BATCH:
+        raise ModelInputError(f"max_batch={max_batch!r}: must be a whole number of images from 1 to {MAX_BATCH}")
+    return int(max_batch)
+
+
+def check_threads(threads: object, available: int) -> int:
+    """A thread count: a whole number from 1 to what the process has; else ModelInputError."""
+    if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or not 1 <= threads <= available:
+        raise ModelInputError(
+            f"threads={threads!r}: this process has 1 to {available} threads (NUMBA_NUM_THREADS)"
+        )
+    return int(threads)
 
 
 def check_batch(x: object, max_batch: int) -> np.ndarray:

@@ -9,18 +9,21 @@
 """
 
 import argparse
+import io
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common import hub
+from common import hub, spec
 from common.errors import LadderError, WeightsError
+from common.files import check_regular
 from common.images import load_batch, sample_images
 from common.paths import weights_dir
-from common.weights import WeightStore, write_store
+from common.weights import WeightStore, max_npy_bytes, replaceable_files, write_store
 
 RANDOM_LICENCE = "none needed: random numbers (seeded), not a trained model"
 TORCHVISION_LICENCE = "BSD-3-Clause (torchvision ResNet50_Weights.IMAGENET1K_V1)"
@@ -76,10 +79,24 @@ def make_from_torchvision(dest: Path) -> None:
     say(f"wrote torchvision's IMAGENET1K_V1 weights to {dest}")
 
 
+# ResNet-50 is 102 MB in float32, 204 MB in float64: a file much larger is not one, and is not read.
+MAX_IMPORT_BYTES = 512 * 2**20
+
+
+def checked_size(path: Path) -> int:
+    try:
+        return check_regular(path, MAX_IMPORT_BYTES)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such file") from None
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read ({e.strerror})") from None
+
+
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    checked_size(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -87,11 +104,36 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every member's name and declared size are checked against the spec before any is decompressed: a
+    small .npz can hold a member that inflates to gigabytes."""
+    checked_size(path)
+    shapes = spec.tensor_shapes()
+    out = {}
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (ValueError, OSError, EOFError) as e:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            for info in members:
+                key = info.filename.removesuffix(".npy")
+                name = key.removeprefix("module.")
+                if name.endswith("num_batches_tracked"):
+                    continue
+                if name not in shapes:
+                    raise WeightsError(f"{path}: unexpected member {info.filename!r}; is this a ResNet-50 state dict?")
+                limit = max_npy_bytes(shapes[name])
+                if info.file_size > limit:
+                    raise WeightsError(
+                        f"{path}: member {info.filename!r} inflates to {info.file_size} bytes, "
+                        f"more than a {shapes[name]} tensor needs"
+                    )
+            for info in members:
+                key = info.filename.removesuffix(".npy")
+                if key.endswith("num_batches_tracked"):
+                    continue
+                data = archive.read(info)
+                out[key] = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise WeightsError(f"{path}: not a readable .npz of arrays ({str(e).splitlines()[0]})") from None
+    return out
 
 
 def read_pth(path: Path) -> dict[str, np.ndarray]:
@@ -99,6 +141,7 @@ def read_pth(path: Path) -> dict[str, np.ndarray]:
         import torch
     except ImportError:
         raise WeightsError(f"{path}: reading .pth needs torch; `make torch`, or convert to .safetensors") from None
+    checked_size(path)
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses arbitrary pickles with its own error types
@@ -115,8 +158,6 @@ READERS = {".safetensors": read_safetensors, ".npz": read_npz, ".pth": read_pth,
 
 
 def make_from_file(dest: Path, path: Path) -> None:
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such file")
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise WeightsError(f"{path}: unknown weight format; use .safetensors, .npz or .pth")
@@ -127,7 +168,9 @@ def make_from_file(dest: Path, path: Path) -> None:
 
 
 def existing_store(dest: Path) -> WeightStore | None:
-    if not dest.exists():
+    """The usable store at `dest`; None when there is none or it is a damaged store of ours (to re-make).
+    Anything else there is a user's: WeightsError, before anything is written."""
+    if replaceable_files(dest) is None:
         return None
     try:
         return WeightStore(dest)
@@ -137,6 +180,7 @@ def existing_store(dest: Path) -> WeightStore | None:
 
 
 def make(source: str, dest: Path, seed: int = 0, force: bool = False) -> None:
+    replaceable_files(dest)  # a path holding anything but a store of ours is refused before any work
     if source == "auto":
         store = None if force else existing_store(dest)
         if store is not None:

@@ -22,18 +22,22 @@ def weights_dir() -> Path:
     return Path(env).expanduser() if env else ROOT / "weights"
 
 
+def cache_base() -> Path:
+    """$RESNET50_CACHE, else $XDG_CACHE_HOME/resnet50-ladder, else ~/.cache/resnet50-ladder (not created)."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "resnet50-ladder"
+
+
 def cache_dir(*parts: str) -> Path:
     """A private per-user cache folder (mode 0700), created on demand.
 
     $RESNET50_CACHE, else $XDG_CACHE_HOME/resnet50-ladder, else ~/.cache/resnet50-ladder. Generated code
     is imported from here, so a folder another user can write to would let them run code as us: refuse it.
     """
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        base = Path(env).expanduser()
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "resnet50-ladder"
+    base = cache_base()
     path = base.joinpath(*parts)
     for folder in [base, *[base.joinpath(*parts[: i + 1]) for i in range(len(parts))]]:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ the store's tensors as initializers; ONNX Runtime is free to fuse and reorder th
 `compare` is the rule every stage must pass on every sample image (DESIGN.md, The judge).
 """
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from common import spec
+from common.inputs import check_batch, check_max_batch, check_threads
 
 OPSET = 17
 
@@ -114,12 +116,13 @@ class Reference:
     """ONNX Runtime with the stage contract: Reference(weights)(x) -> logits."""
 
     def __init__(self, weights, max_batch: int = 1, threads: int = 1, spinning: bool = True) -> None:
-        self.max_batch = max_batch
-        self.threads = threads
+        self.max_batch = check_max_batch(max_batch)
+        self.threads = check_threads(threads, os.cpu_count() or 1)
         self._session = session(build_onnx(weights), threads, spinning)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run([spec.LOGITS], {spec.INPUT: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        """The same input check as every stage's: the judge must not quietly convert what a stage refuses."""
+        return self._session.run([spec.LOGITS], {spec.INPUT: check_batch(x, self.max_batch)})[0]
 
 
 # DESIGN.md: max |difference| <= 1e-3 x max |logit|, same top-1, same top-5 where the 5th/6th margin allows.

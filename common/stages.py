@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from common import jit_cache
 from common.errors import LadderError
-from common.jit_cache import drop_unreadable
-from common.paths import STAGES_DIR
+from common.paths import ROOT, STAGES_DIR
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def load(stage: StageInfo | str) -> ModuleType:
     module_name = f"stage_{info.name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
-    drop_unreadable(info.folder / "__pycache__")
+    jit_cache.install(ROOT, info.folder)  # every numba cache file of the project's is checksummed
     spec = importlib.util.spec_from_file_location(module_name, info.path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -19,11 +19,22 @@ import numpy as np
 
 from common import spec
 from common.errors import WeightsError
-from common.paths import weights_dir
+from common.files import FileRefused, describe, read_regular
+from common.paths import WEIGHTS_ENV, weights_dir
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 REMAKE = "re-make the store with `make weights`"
+MAX_MANIFEST_BYTES = 1 << 20
+NPY_HEADER_BYTES = 4096  # numpy writes 128; a .npy of n numbers is never longer than this plus 8n
+# A trained network's weights and BatchNorm statistics are far inside this; values near float32's limit
+# (3e38) overflow to Inf within a layer or two and the logits come out NaN.
+MAX_ABS_VALUE = 1e6
+
+
+def max_npy_bytes(shape: tuple[int, ...]) -> int:
+    """The most a tensor file of this shape can hold: float64 too, so that it is named for its dtype."""
+    return NPY_HEADER_BYTES + 8 * int(np.prod(shape))
 
 
 def tensor_file(store: Path, name: str) -> Path:
@@ -65,12 +76,8 @@ class WeightStore:
         if name not in self._entries:
             raise WeightsError(f"{self.path}: the store has no tensor named {name!r}")
         path = tensor_file(self.path, name)
-        try:
-            array = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise WeightsError(f"{path}: tensor file {name} is missing; {REMAKE}") from None
-        except (ValueError, OSError, EOFError) as e:
-            raise WeightsError(f"{path}: tensor {name} cannot be read ({_first_line(e)}); {REMAKE}") from None
+        data = _read_tensor_file(path, name, self.shape(name))
+        array = _parse_npy(path, name, data)
         _check_array(path, name, array, self.shape(name))
         return array
 
@@ -81,23 +88,50 @@ class WeightStore:
         """Check every file: present, sha256 as in the manifest, a plain float32 array, finite."""
         for name, entry in self._entries.items():
             path = tensor_file(self.path, name)
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                raise WeightsError(f"{path}: tensor file {name} is missing; {REMAKE}") from None
-            except OSError as e:
-                raise WeightsError(f"{path}: cannot read tensor {name} ({e.strerror}); {REMAKE}") from None
+            data = _read_tensor_file(path, name, self.shape(name))
             if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise WeightsError(
                     f"{path}: checksum of {name} does not match the manifest (changed or corrupt); {REMAKE}"
                 )
-            try:
-                array = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-            except (ValueError, OSError, EOFError) as e:
-                raise WeightsError(f"{path}: tensor {name} cannot be read ({_first_line(e)}); {REMAKE}") from None
+            array = _parse_npy(path, name, data)
             _check_array(path, name, array, self.shape(name))
-            if not np.isfinite(array).all():
-                raise WeightsError(f"{path}: tensor {name} holds NaN or Inf values; {REMAKE}")
+            problem = value_problem(name, array)
+            if problem:
+                raise WeightsError(f"{path}: tensor {name} {problem}; {REMAKE}")
+
+
+def _read_tensor_file(path: Path, name: str, shape: tuple[int, ...]) -> bytes:
+    try:
+        return read_regular(path, max_npy_bytes(shape))
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: tensor file {name} is missing; {REMAKE}") from None
+    except FileRefused as e:
+        raise WeightsError(f"{e}; {REMAKE}") from None
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read tensor {name} ({e.strerror}); {REMAKE}") from None
+
+
+def _parse_npy(path: Path, name: str, data: bytes) -> np.ndarray:
+    try:
+        return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise WeightsError(f"{path}: tensor {name} cannot be read ({_first_line(e)}); {REMAKE}") from None
+
+
+def value_problem(name: str, array: np.ndarray) -> str | None:
+    """What makes a tensor's values unusable, worded to follow its name; None when they are fine.
+
+    NaN or Inf anywhere; magnitudes no trained network has (they overflow float32 a layer later); and a
+    negative BatchNorm running variance, for which gamma / sqrt(var + eps) is NaN.
+    """
+    if not np.isfinite(array).all():
+        return "holds NaN or Inf values"
+    biggest = float(np.abs(array).max(initial=0.0))
+    if biggest > MAX_ABS_VALUE:
+        return f"holds a value of magnitude {biggest:.3g}, beyond the {MAX_ABS_VALUE:.0e} a trained network has"
+    if name.endswith("running_var") and float(array.min(initial=0.0)) < 0:
+        return f"holds a negative variance ({float(array.min()):.3g}): BatchNorm would take its square root"
+    return None
 
 
 def _first_line(e: BaseException) -> str:
@@ -114,14 +148,7 @@ def _check_array(path: Path, name: str, array: np.ndarray, shape: tuple[int, ...
 
 def _read_manifest(store: Path) -> dict[str, Any]:
     path = store / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: the store has no manifest; {REMAKE}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{path}: manifest is corrupt ({_first_line(e)}); {REMAKE}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), dict):
-        raise WeightsError(f"{path}: manifest has no 'tensors' table; {REMAKE}")
+    manifest = _parse_manifest(path)
     if manifest.get("format") != FORMAT:
         raise WeightsError(f"{path}: manifest format {manifest.get('format')!r} is not {FORMAT}; {REMAKE}")
     expected = spec.tensor_shapes()
@@ -130,7 +157,7 @@ def _read_manifest(store: Path) -> dict[str, Any]:
         entry = entries.get(name)
         if not isinstance(entry, dict):
             raise WeightsError(f"{path}: tensor {name} is missing from the manifest; {REMAKE}")
-        if tuple(entry.get("shape", ())) != shape or entry.get("dtype") != "float32":
+        if _shape_of(entry) != shape or entry.get("dtype") != "float32":
             raise WeightsError(
                 f"{path}: manifest lists {name} as {entry.get('dtype')} {entry.get('shape')}, "
                 f"expected float32 {list(shape)}; {REMAKE}"
@@ -142,6 +169,28 @@ def _read_manifest(store: Path) -> dict[str, Any]:
         raise WeightsError(f"{path}: manifest lists {extra[0]!r}, which ResNet-50 has no use for; {REMAKE}")
     manifest["tensors"] = {name: entries[name] for name in expected}
     return manifest
+
+
+def _parse_manifest(path: Path) -> dict[str, Any]:
+    """manifest.json as a dict with a 'tensors' table, or a one-line WeightsError."""
+    try:
+        manifest = json.loads(read_regular(path, MAX_MANIFEST_BYTES).decode("utf-8"))
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: the store has no manifest; {REMAKE}") from None
+    except FileRefused as e:
+        raise WeightsError(f"{e}; {REMAKE}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise WeightsError(f"{path}: manifest is corrupt ({_first_line(e)}); {REMAKE}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), dict):
+        raise WeightsError(f"{path}: manifest has no 'tensors' table; {REMAKE}")
+    return manifest
+
+
+def _shape_of(entry: dict[str, Any]) -> tuple[int, ...] | None:
+    shape = entry.get("shape")
+    if isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in shape):
+        return tuple(shape)
+    return None
 
 
 def normalise_tensors(tensors: Mapping[str, Any], origin: str) -> dict[str, np.ndarray]:
@@ -171,9 +220,11 @@ def normalise_tensors(tensors: Mapping[str, Any], origin: str) -> dict[str, np.n
             raise WeightsError(f"{origin}: tensor {name} has shape {array.shape}, expected {shape}")
         if not np.issubdtype(array.dtype, np.floating):
             raise WeightsError(f"{origin}: tensor {name} is {array.dtype}, expected floating point")
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        if not np.isfinite(array).all():
-            raise WeightsError(f"{origin}: tensor {name} holds NaN or Inf values")
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes Inf, refused below
+            array = np.ascontiguousarray(array, dtype=np.float32)
+        problem = value_problem(name, array)
+        if problem:
+            raise WeightsError(f"{origin}: tensor {name} {problem}")
         out[name] = array
     return out
 
@@ -184,6 +235,7 @@ def write_store(
     """Write a complete store next to `dest`, then swap it in: an interrupted write leaves `dest` as it was."""
     checked = normalise_tensors(tensors, source)
     dest = Path(dest)
+    owned = replaceable_files(dest)  # before writing anything: refuse a path that is not ours to replace
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
     tmp.mkdir()
@@ -210,7 +262,7 @@ def write_store(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         _fsync_tree(tmp)
-        _swap_in(tmp, dest)
+        _swap_in(tmp, dest, owned)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -222,9 +274,49 @@ def _fsync_tree(folder: Path) -> None:
             os.fsync(f.fileno())
 
 
-def _swap_in(new: Path, dest: Path) -> None:
+def replaceable_files(dest: Path) -> list[str] | None:
+    """The files a new store may remove at `dest`: None when nothing is there, [] for an empty folder, the
+    manifest and the tensor files it lists for a store this project wrote.
+
+    Anything else (a file, a symbolic link, a folder with other files or without a readable manifest) may
+    be a user's own: WeightsError, with nothing touched.
+    """
+    how = f"choose another path ({WEIGHTS_ENV}=... or --dest), or move it away yourself"
+    if not dest.exists() and not dest.is_symlink():
+        return None
+    if dest.is_symlink() or not dest.is_dir():
+        raise WeightsError(f"{dest}: is {describe(dest)}, not a weight store folder; nothing was touched; {how}")
+    names = {p.name for p in dest.iterdir()}
+    if not names:
+        return []
+    if MANIFEST not in names:
+        raise WeightsError(
+            f"{dest}: is {describe(dest)} and no {MANIFEST}, so not a weight store this project made; "
+            f"nothing was touched; {how}"
+        )
+    try:
+        manifest = _parse_manifest(dest / MANIFEST)
+    except WeightsError as e:
+        raise WeightsError(
+            f"{dest}: cannot be proven to be a weight store ({str(e).split('; ')[0].split(': ', 1)[-1]}); "
+            f"nothing was touched; {how}"
+        ) from None
+    known = spec.tensor_shapes()
+    listed = {MANIFEST} | {tensor_file(dest, n).name for n in manifest["tensors"] if n in known}
+    owned = {n for n in names & listed if (dest / n).is_file() and not (dest / n).is_symlink()}
+    foreign = sorted(names - owned)
+    if foreign:
+        raise WeightsError(
+            f"{dest}: holds {len(foreign)} file(s) that are not part of its weight store (e.g. {foreign[0]!r}); "
+            f"nothing was touched; {how}"
+        )
+    return sorted(names)
+
+
+def _swap_in(new: Path, dest: Path, owned: list[str] | None) -> None:
+    """Put the folder `new` at `dest`; remove the old store's own files (`owned`), nothing else."""
     old = None
-    if dest.exists() or dest.is_symlink():
+    if owned is not None:
         old = dest.parent / f".{dest.name}.old-{os.getpid()}-{time.monotonic_ns()}"
         dest.rename(old)
     try:
@@ -234,4 +326,9 @@ def _swap_in(new: Path, dest: Path) -> None:
             old.rename(dest)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        for name in owned or []:
+            (old / name).unlink(missing_ok=True)
+        try:
+            old.rmdir()
+        except OSError:
+            print(f"weights: {old} kept: something other than the old store appeared in it", flush=True)

@@ -13,7 +13,6 @@ import pytest
 from bench import results
 from common import stages
 from common.errors import CacheError
-from common.jit_cache import drop_unreadable
 from common.paths import CACHE_ENV, ROOT, cache_dir
 from common.reference import compare
 from tests.processes import BUILD_STAGE, last_json, run_python, start_python
@@ -28,40 +27,66 @@ def truncate(path: Path, keep: int = 20) -> None:
     path.write_bytes(path.read_bytes()[:keep])
 
 
-@pytest.mark.parametrize("damaged", [".nbi", ".nbc"])
-def test_a_truncated_numba_cache_file_is_removed_and_recompiled_not_a_crash(tmp_path, damaged):
+def flip(path: Path, count: int = 64) -> None:
+    """Invert `count` bytes in the middle of the file: same size, same pickle framing, other machine code."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + count] = bytes(b ^ 0xFF for b in data[middle : middle + count])
+    path.write_bytes(bytes(data))
+
+
+TINY_RUN = (
+    "import sys\nfrom pathlib import Path\nfrom common import stages\n"
+    "m = stages.load(stages.StageInfo('99', '99_tiny', Path(sys.argv[1])))\n"
+    "print(m.twice(21), sum(m.twice.stats.cache_hits.values()))\n"
+)
+
+
+@pytest.fixture
+def tiny_stage(tmp_path) -> Path:
     folder = tmp_path / "99_tiny"
     folder.mkdir()
     (folder / "resnet50.py").write_text(TINY_STAGE)
-    run = (
-        "import sys\nfrom pathlib import Path\nfrom common import stages\n"
-        "m = stages.load(stages.StageInfo('99', '99_tiny', Path(sys.argv[1])))\n"
-        "print(m.twice(21), sum(m.twice.stats.cache_hits.values()))\n"
-    )
-    first = run_python("-c", run, str(folder / "resnet50.py"))
+    first = run_python("-c", TINY_RUN, str(folder / "resnet50.py"))
     assert first.returncode == 0 and first.stdout.split() == ["42", "0"], first.stderr
-    (cached,) = (folder / "__pycache__").glob(f"*{damaged}")
-    truncate(cached)
-    again = run_python("-c", run, str(folder / "resnet50.py"))
-    assert again.returncode == 0, again.stderr  # without the check: UnpicklingError from inside numba
-    assert again.stdout.split() == ["42", "0"]  # compiled again
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("damaged", "damage", "why"),
+    [
+        (".nbi", truncate, "checksum does not match"),
+        (".nbc", truncate, "checksum does not match"),
+        (".nbc", flip, "checksum does not match"),  # before checksums: a silently different answer
+        (".nbc", lambda p: Path(f"{p}.sha256").unlink(), "no checksum recorded"),
+    ],
+    ids=["truncated index", "truncated data", "64 flipped bytes", "no checksum"],
+)
+def test_a_damaged_numba_cache_file_is_compiled_again_never_used(tiny_stage, damaged, damage, why):
+    (cached,) = (tiny_stage / "__pycache__").glob(f"*{damaged}")
+    assert Path(f"{cached}.sha256").is_file()  # recorded when numba wrote it
+    damage(cached)
+    again = run_python("-c", TINY_RUN, str(tiny_stage / "resnet50.py"))
+    assert again.returncode == 0, again.stderr  # truncated, before any check: UnpicklingError from numba
+    assert again.stdout.split() == ["42", "0"]  # compiled again, not loaded
     (line,) = again.stderr.strip().splitlines()
-    assert str(cached) in line and "removed" in line
-    third = run_python("-c", run, str(folder / "resnet50.py"))
-    assert third.stdout.split() == ["42", "1"] and third.stderr == ""  # and cached again
+    assert str(cached) in line and why in line and "compiling again" in line
+    third = run_python("-c", TINY_RUN, str(tiny_stage / "resnet50.py"))
+    assert third.stdout.split() == ["42", "1"] and third.stderr == ""  # rewritten whole, and used again
 
 
-def test_drop_unreadable_keeps_good_files_and_unpickles_nothing(tmp_path):
-    import pickle
+def test_cache_checksums_are_checked_only_for_the_projects_files(tmp_path):
+    from common import jit_cache
 
-    (tmp_path / "f-1.py311.nbi").write_bytes(pickle.dumps("0.0.old") + pickle.dumps((1.0, {"sig": "f-1.py311.1.nbc"})))
-    # a data file refers to its module, not imported yet when the check runs: unpickling it would fail
-    (tmp_path / "f-1.py311.1.nbc").write_bytes(b"cnot_imported_yet\nrebuild\n)R.")
-    assert drop_unreadable(tmp_path) == []
-    assert drop_unreadable(tmp_path / "missing") == []
-    (tmp_path / "f-1.py311.1.nbc").write_bytes(b"\x80\x05garbage")
-    assert drop_unreadable(tmp_path) == [tmp_path / "f-1.py311.1.nbc"]
-    assert list(tmp_path.iterdir()) == []  # the data file and the index that lists it
+    path = tmp_path / "f-1.py311.1.nbc"
+    path.write_bytes(b"data")
+    assert jit_cache.problem(path) == "no checksum recorded for it"
+    jit_cache.record(path)
+    assert jit_cache.problem(path) is None and jit_cache.problem(tmp_path / "absent.nbc") is None
+    path.write_bytes(b"date")
+    assert "damaged" in jit_cache.problem(path)
+    jit_cache.install(ROOT)
+    assert jit_cache._ours(str(ROOT / "stages" / "x" / "__pycache__")) and not jit_cache._ours(str(tmp_path))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from common import spec
-from common.inputs import check_batch
+from common.inputs import check_batch, check_max_batch
 
 BN_EPS = np.float32(spec.BN_EPS)
 
@@ -125,6 +125,7 @@ def fc(x, w, b):
 
 class ResNet50:
     def __init__(self, weights, max_batch: int = 1) -> None:
+        max_batch = check_max_batch(max_batch)
         self.weights = weights
         self.max_batch = max_batch
 

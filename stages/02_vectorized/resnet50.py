@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from common import spec
-from common.inputs import check_batch
+from common.inputs import check_batch, check_max_batch
 
 BN_EPS = np.float32(spec.BN_EPS)
 
@@ -146,6 +146,7 @@ def channels_last(w: np.ndarray) -> np.ndarray:
 
 class ResNet50:
     def __init__(self, weights, max_batch: int = 1) -> None:
+        max_batch = check_max_batch(max_batch)
         self.weights = weights
         self.max_batch = max_batch
 

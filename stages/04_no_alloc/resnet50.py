@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from common import spec
-from common.inputs import SHAPE, check_batch
+from common.inputs import SHAPE, check_batch, check_max_batch
 
 BN_EPS = np.float32(spec.BN_EPS)
 
@@ -239,6 +239,7 @@ def plan_arena(max_batch: int) -> tuple[dict[str, int], int]:
 
 class ResNet50:
     def __init__(self, weights, max_batch: int = 1) -> None:
+        max_batch = check_max_batch(max_batch)
         self.params, weight_at = pack_weights(weights)
         self.tensor_at, arena_size = plan_arena(max_batch)
         self.arena = aligned_zeros(arena_size)

@@ -24,9 +24,8 @@ import numba
 import numpy as np
 from numba import njit
 
-from common import spec
-from common.inputs import SHAPE, check_batch
-from common.jit_cache import drop_unreadable
+from common import jit_cache, spec
+from common.inputs import SHAPE, check_batch, check_max_batch
 from common.paths import cache_dir
 
 BN_EPS = np.float32(spec.BN_EPS)
@@ -273,7 +272,7 @@ def load_generated(source: str):
     The folder is named by a hash of the source, numba's and Python's versions; the file is compared with
     the source, so a truncated, edited or corrupt copy is rewritten (numba then recompiles it, as its own
     cache follows the file's timestamp). numba keeps the machine code in __pycache__ next to the file,
-    checked the same way before use.
+    checksummed by common.jit_cache.
     """
     key = hashlib.sha256(f"{source}{numba.__version__}{sys.version}".encode()).hexdigest()[:20]
     folder = cache_dir("codegen", f"05_codegen-{key}")
@@ -282,7 +281,7 @@ def load_generated(source: str):
         tmp = folder / f".resnet50_generated.{os.getpid()}.tmp"
         tmp.write_text(source, encoding="utf-8")
         os.replace(tmp, path)  # atomic: another process sees the old file or the new one, never half
-    drop_unreadable(folder / "__pycache__")
+    jit_cache.install(folder)
     name = f"resnet50_generated_05_{key}"
     if name not in sys.modules:
         module_spec = importlib.util.spec_from_file_location(name, path)
@@ -356,6 +355,7 @@ def plan_arena(max_batch: int) -> tuple[dict[str, int], int]:
 
 class ResNet50:
     def __init__(self, weights, max_batch: int = 1) -> None:
+        max_batch = check_max_batch(max_batch)
         self.params, weight_at = pack_weights(weights)
         self.tensor_at, arena_size = plan_arena(max_batch)
         self.arena = aligned_zeros(arena_size)

@@ -22,9 +22,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from common import spec
-from common.inputs import SHAPE, check_batch
-from common.jit_cache import drop_unreadable
+from common import jit_cache, spec
+from common.inputs import SHAPE, check_batch, check_max_batch, check_threads
 from common.paths import cache_dir
 
 BN_EPS = np.float32(spec.BN_EPS)
@@ -271,7 +270,7 @@ def load_generated(source: str):
     The folder is named by a hash of the source, numba's and Python's versions; the file is compared with
     the source, so a truncated, edited or corrupt copy is rewritten (numba then recompiles it, as its own
     cache follows the file's timestamp). numba keeps the machine code in __pycache__ next to the file,
-    checked the same way before use.
+    checksummed by common.jit_cache.
     """
     key = hashlib.sha256(f"{source}{numba.__version__}{sys.version}".encode()).hexdigest()[:20]
     folder = cache_dir("codegen", f"06_threads-{key}")
@@ -280,7 +279,7 @@ def load_generated(source: str):
         tmp = folder / f".resnet50_generated.{os.getpid()}.tmp"
         tmp.write_text(source, encoding="utf-8")
         os.replace(tmp, path)  # atomic: another process sees the old file or the new one, never half
-    drop_unreadable(folder / "__pycache__")
+    jit_cache.install(folder)
     name = f"resnet50_generated_06_{key}"
     if name not in sys.modules:
         module_spec = importlib.util.spec_from_file_location(name, path)
@@ -354,10 +353,9 @@ def plan_arena(max_batch: int) -> tuple[dict[str, int], int]:
 
 class ResNet50:
     def __init__(self, weights, max_batch: int = 1, threads: int | None = None) -> None:
+        max_batch = check_max_batch(max_batch)
         available = numba.config.NUMBA_NUM_THREADS
-        self.threads = available if threads is None else threads
-        if not 1 <= self.threads <= available:
-            raise ValueError(f"threads={threads}: this process has 1 to {available} threads (NUMBA_NUM_THREADS)")
+        self.threads = available if threads is None else check_threads(threads, available)
         self.params, weight_at = pack_weights(weights)
         self.tensor_at, arena_size = plan_arena(max_batch)
         self.arena = aligned_zeros(arena_size)
