@@ -36,7 +36,7 @@ KNOBS := IMG STAGE STAGES SOURCE SEED FORCE FORMAT RESULTS A B QUICK THREADS RES
 unexport $(KNOBS)
 BENCH_COLUMNS := --benchmark-columns=min,median,rounds --benchmark-sort=name
 
-.PHONY: help setup lock weights weights-ready test bench chart classify profile regress baseline diff codegen lint torch openvino clean clean-cache
+.PHONY: help setup lock weights weights-ready test bench chart classify profile ablate regress baseline diff codegen lint torch openvino clean clean-cache
 
 help:
 	@echo "make bench                  every stage and peer on images/, results/ + charts + README table (QUICK=1, STAGES=01,06)"
@@ -47,7 +47,8 @@ help:
 	@echo "make profile STAGE=06       time and GFLOP/s per layer"
 	@echo "make regress                latency regression check against results/baseline.json (make baseline rewrites it)"
 	@echo "make diff A=03 B=04         the lesson between two stages"
-	@echo "make codegen                write stage 05's generated kernels to codegen/ to read"
+	@echo "make ablate STAGE=05        each idea of a bundled rung (04, 05) switched off in turn, into its NOTES.md"
+	@echo "make codegen                write the generated kernels of 05 and later to codegen/ to read"
 	@echo "make torch | make openvino  install an optional peer into .venv"
 	@echo "make lint | make clean | make clean-cache (generated kernels in ~/.cache/resnet50-ladder)"
 	@echo "make setup [UNLOCKED=1]     .venv with the tested versions (requirements.lock); make lock refreshes it"
@@ -115,6 +116,9 @@ diff:
 	test -n "$$sa" -a -n "$$sb" || { echo "diff: no stage $$a or $$b in stages/" >&2; exit 2; }; \
 	a="$$sa"; b="$$sb"; \
 	diff -ru --exclude=__pycache__ "$$a" "$$b" | { if [ -t 1 ] && command -v colordiff >/dev/null; then colordiff; else cat; fi; }; true
+
+ablate: weights-ready
+	@$(RUN) -m bench.ablate --stage=$(if $(call given,STAGE),$(call q,STAGE),05) $(if $(call given,QUICK),--quick)
 
 codegen: weights-ready
 	@$(RUN) -m bench.codegen_dump --out codegen

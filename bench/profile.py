@@ -84,20 +84,25 @@ def print_table(name: str, threads: int, rows: list[dict], top: float) -> None:
 
 
 def chart(name: str, threads: int, rows: list[dict], top: float, path: Path) -> None:
+    publish([save_figure(figure(name, threads, rows, top), path, dpi=100)])
+
+
+def figure(name: str, threads: int, rows: list[dict], top: float):
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(14, 8), sharex=True)
     x = range(len(rows))
     colours = [OP_COLOURS.get(r["op"], "grey") for r in rows]
     ax1.bar(x, [r["ms"] for r in rows], color=colours)
     ax1.set_ylabel("ms per image")
     ax1.set_title(f"{name} on {threads} thread(s): {sum(r['ms'] for r in rows):.1f} ms per image, by layer")
-    ax1.legend(handles=[Patch(color=c, label=op) for op, c in OP_COLOURS.items()], fontsize=8, ncol=6)
+    # Legend patches coloured explicitly, face and edge: the committed chart once showed them all blue.
+    legend = [Patch(facecolor=c, edgecolor=c, label=op) for op, c in OP_COLOURS.items()]
+    ax1.legend(handles=legend, fontsize=8, ncol=6)
     ax2.bar(x, [r["gflops"] for r in rows], color=colours)
     ax2.axhline(top, color="#d62728", linestyle="--")
     ax2.text(len(rows) - 1, top, f"measured peak {top:.0f} GFLOP/s", ha="right", va="bottom", color="#d62728")
     ax2.set_ylabel("GFLOP/s")
     ax2.set_xticks(list(x), [r["layer"] for r in rows], rotation=90, fontsize=6)
-    fig.tight_layout()
-    publish([save_figure(fig, path, dpi=100)])
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,11 +2,13 @@
 
 A results file is one JSON object:
 
-    schema        int, 1: this layout; a file with another number is refused, not guessed at
+    schema        int, 2: this layout (2: the peak is the FMA peak, sgemm beside it); another is refused
     created       ISO time the run finished
     settings      {"quick", "images": [file names], "throughput_batch", "budget_s", "max_repeats", "thread_counts"}
     machine       bench/machine.py's description: CPU, flags, cores, BLAS, versions, git commit, environment_traps
-    peak          {"method", "gflops_1_thread", "gflops_all_threads", "threads_all"}: measured fp32 GEMM limit
+    peak          {"method", "gflops_1_thread", "gflops_all_threads", "threads_all"}: the measured FMA peak;
+                  {"sgemm_method", "sgemm_gflops_1_thread", "sgemm_gflops_all_threads"}: numpy's sgemm
+    contention    {"threads_efficiency": {"start", "end"}, "busy", "threshold"}: was another process on a core
     flops_per_image   the spec's FLOP count (2 x MACs of the convs and the classifier)
     entries       one per stage or peer at one thread count, in the order run:
         name          "01_naive", "onnxruntime@1", ...
@@ -20,7 +22,7 @@ A results file is one JSON object:
         latency_ms    {"median", "min", "p90", "samples"} batch-1, over the sample images in turn
         throughput    {"batch", "images_per_s", "samples_s"} or {"batch", "skipped": reason}
         gflops        flops_per_image / median latency
-        peak_fraction gflops / the peak at the same thread count
+        peak_fraction gflops / the FMA peak at the same thread count
         cpp_ms        the C++ original's published latency for the same rung (another machine), stages only
     extrapolations    [{"name", "what", "mflops", "latency_s", ...}]: lines that were not run end to end
 
@@ -41,7 +43,7 @@ from pathlib import Path
 from common.errors import ResultsError
 from common.files import FileRefused, read_regular
 
-SCHEMA = 1
+SCHEMA = 2
 REQUIRED = ("schema", "created", "settings", "machine", "peak", "flops_per_image", "entries")
 
 
@@ -84,7 +86,7 @@ def validate(results: object, origin: object = "results") -> dict:
     )
     _need(isinstance(machine.get("git_commit"), str), origin, "machine lacks git_commit")
     _need(isinstance(peak, dict), origin, "peak is not an object")
-    for key in ("gflops_1_thread", "gflops_all_threads"):
+    for key in ("gflops_1_thread", "gflops_all_threads", "sgemm_gflops_1_thread", "sgemm_gflops_all_threads"):
         _need(_finite(peak.get(key)), origin, f"peak.{key} is not a positive number")
     _need(isinstance(peak.get("threads_all"), int) and peak["threads_all"] >= 1, origin, "peak.threads_all")
     _need(_finite(results["flops_per_image"]), origin, "flops_per_image is not a positive number")

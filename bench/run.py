@@ -79,9 +79,12 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None)
     judge = Reference(store, max_batch=len(images))(images)
     contention = Contention(cores)
     contention.check("start")
-    say("bench: measuring the machine's fp32 GEMM peak ...")
+    say("bench: measuring the machine's fp32 peak (FMAs in registers) and numpy's sgemm ...")
     limit = peak.measure(cores, repeats=3 if quick else 5)
-    say(f"bench: peak {limit['gflops_1_thread']} GFLOP/s on 1 thread, {limit['gflops_all_threads']} on {cores}")
+    say(
+        f"bench: FMA peak {limit['gflops_1_thread']} GFLOP/s on 1 thread, {limit['gflops_all_threads']} on {cores}; "
+        f"sgemm {limit['sgemm_gflops_1_thread']} and {limit['sgemm_gflops_all_threads']}"
+    )
 
     entries = stage_entries(stages.select(stage_keys), store, cores)
     thread_counts = sorted({1, cores})

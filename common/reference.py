@@ -4,7 +4,7 @@ ONNX Runtime is an engine nobody here wrote, so agreeing with it means something
 standard operators (Conv, BatchNormalization, Relu, MaxPool, Add, GlobalAveragePool, Flatten, Gemm) with
 the store's tensors as initializers; ONNX Runtime is free to fuse and reorder them as it does for its users.
 
-`compare` is the rule every stage must pass on every sample image (DESIGN.md, The judge).
+`compare` is the rule every stage must pass on every sample image (docs/design.md, "The judge").
 """
 
 import os
@@ -125,7 +125,7 @@ class Reference:
         return self._session.run([spec.LOGITS], {spec.INPUT: check_batch(x, self.max_batch)})[0]
 
 
-# DESIGN.md: max |difference| <= 1e-3 x max |logit|, same top-1, same top-5 where the 5th/6th margin allows.
+# docs/design.md: max |difference| <= 1e-3 x max |logit|, same top-1, same top-5 where the 5th/6th margin allows.
 RELATIVE_TOLERANCE = 1e-3
 
 

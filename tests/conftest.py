@@ -88,7 +88,14 @@ def small_results() -> dict:
             "git_commit": "abc1234",
             "environment_traps": ["OPENBLAS_CORETYPE=Haswell picks OpenBLAS's kernel by hand"],
         },
-        "peak": {"method": "test", "gflops_1_thread": 100.0, "gflops_all_threads": 200.0, "threads_all": 2},
+        "peak": {
+            "method": "test",
+            "gflops_1_thread": 100.0,
+            "gflops_all_threads": 200.0,
+            "threads_all": 2,
+            "sgemm_gflops_1_thread": 90.0,
+            "sgemm_gflops_all_threads": 170.0,
+        },
         "flops_per_image": 8178368512,
         "entries": [
             entry("01_naive", "stage", 1, 10000.0, cpp=16923),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from common import spec, stages
+from common.arena import LINE
 from common.reference import compare
 from tests.processes import last_json, run_python
 
@@ -80,4 +81,4 @@ def test_the_arena_reuses_places_three_tensors_at_most(store):
     where, size = s04.plan_arena(1)
     assert len(set(where.values())) == 3  # a bottleneck never has more than three tensors alive
     assert size < sum(np.prod(s.shape) for s in spec.STEPS) / 5
-    assert all(offset % s04.LINE == 0 for offset in where.values())
+    assert all(offset % LINE == 0 for offset in where.values())

@@ -8,6 +8,7 @@ import stat
 import pytest
 
 from common import spec, stages
+from tests.odd_convs import odd_conv_errors
 from tests.processes import build_in_new_process
 
 
@@ -66,7 +67,32 @@ def test_a_second_construction_in_a_new_process_compiles_nothing(store, tmp_path
     cache = tmp_path / "cache"
     first = build_in_new_process(store, "05", cache)
     second = build_in_new_process(store, "05", cache)
-    assert first["misses"] >= 1 and first["compile_s"] > 5.0
-    assert second["misses"] == 0 and second["hits"] >= 1
-    assert second["compile_s"] < 0.05 * first["compile_s"], (first, second)
+    assert first["misses"] >= 1 and first["hits"] == 0  # compiled
+    assert second["misses"] == 0 and second["hits"] >= 1, (first, second)  # loaded, nothing compiled
     assert second["path"].startswith(str(cache))
+
+
+def test_the_generated_code_reads_like_hand_written_code(model):
+    """No arithmetic a person would not write, no loop that runs once, no generator name reused, and the
+    forward pass names its tensors instead of repeating slice expressions."""
+    source = model.source
+    for pattern in (r"\* 1\b", r"\+ 0\b", r"\b0 \+", r"range\(1\)", r"range\(0, (\d+), \1\)", r"\bv\b"):
+        assert not re.search(pattern, source), (pattern, re.search(pattern, source))
+    fwd = kernel(source, "forward")
+    steps = fwd[fwd.index("if first <= 0") :]
+    assert "arena[" not in steps and "params[" not in steps  # views are named once, above the steps
+    assert "conv_3x224x224_to_64_k7_s2(x_input, conv1_weight, x_conv1, scratch)" in steps
+
+
+def test_conv1s_zero_padded_weights_are_made_once_at_construction(model):
+    stem = kernel(model.source, "conv_3x224x224_to_64_k7_s2")
+    assert "w[" in stem and "wp" not in stem and "w = " not in stem  # no per-call copy of the weights
+    assert "conv1_weight = params[" in model.source and ".reshape(64, 7, 32)" in model.source
+
+
+def test_leftover_channels_and_a_3_channel_input_match_the_judges_conv():
+    """7, 19 and 13 output channels: blocks of 8, then the leftover channels one at a time."""
+    errors = odd_conv_errors("05")
+    assert len(errors) == 3
+    for case, err in errors.items():
+        assert err < 1e-4, f"{case}: max |diff| {err} (NaN means channels left uncomputed)"

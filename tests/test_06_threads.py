@@ -2,46 +2,17 @@
 divide (the C++ original left the leftover output channels uncomputed). Its speed-up from a second core
 is checked by `make regress`, not here: tests do not time things."""
 
+import re
+
 import pytest
 
 from common import spec, stages
 from common.reference import compare
-from tests.processes import last_json, run_python
-
-# Runs in a child process: numba's thread pool size (NUMBA_NUM_THREADS) is fixed when numba is imported,
-# and 3 threads on a 2-core machine is exactly the uneven split this test wants.
-ODD_CONVS = r"""
-import json, sys
-import numba, numpy as np
-from numba import njit, prange
-from common import spec, stages
-from common.reference import conv_reference
-
-s06 = stages.load("06")
-rng = np.random.default_rng(7)
-report = {}
-for cin, cout, k, stride, pad, hw in [(5, 7, 3, 2, 1, 9), (3, 19, 3, 1, 1, 6), (16, 13, 1, 2, 0, 8)]:
-    c = spec.Conv("odd", "odd_bn", cin, cout, k, stride, pad, hw, hw)
-    namespace = {"np": np, "njit": njit, "prange": prange}
-    exec(s06.conv_source(c, ["odd"]).replace("cache=True", "cache=False"), namespace)  # no file to cache
-    kernel = namespace[s06.conv_name(c)]
-    x = rng.standard_normal((2, cin, hw, hw)).astype(np.float32)
-    w = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
-    want = conv_reference(x, w, stride, pad)
-    rows = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(cout, k, k * cin)
-    for threads in (1, 2, 3):
-        numba.set_num_threads(threads)
-        y = np.full((2, cout, c.h_out, c.w_out), np.nan, np.float32)  # NaN marks anything left uncomputed
-        kernel(x, rows, y, np.zeros(s06.scratch_size(c), np.float32))
-        report[f"{cin}->{cout} k{k} s{stride} threads={threads}"] = float(np.abs(y - want).max())
-print(json.dumps(report))
-"""
+from tests.odd_convs import odd_conv_errors
 
 
 def test_odd_channel_counts_on_1_2_and_3_threads_match_the_judges_conv():
-    run = run_python("-c", ODD_CONVS, env={"NUMBA_NUM_THREADS": "3"})
-    assert run.returncode == 0, run.stderr
-    errors = last_json(run.stdout)
+    errors = odd_conv_errors("06", threads=(1, 2, 3))
     assert len(errors) == 9
     for case, err in errors.items():
         assert err < 1e-4, f"{case}: max |diff| {err} (NaN means channels left uncomputed)"
@@ -67,7 +38,23 @@ def test_thread_count_is_checked(store):
 
 def test_every_conv_kernel_splits_output_channels_across_threads(store):
     source = stages.load("06").ResNet50(store).source
-    kernels = source.count("\ndef conv_")
-    assert source.count("parallel=True)\ndef conv_") == kernels == 23
-    assert source.count("in prange(") >= kernels * 2  # the input copy and the blocks of output channels
-    assert len(spec.CONVS) == 53
+    kernels = source.split("\n\n\n")
+    convs = [k for k in kernels if "\ndef conv_" in k]
+    assert len(convs) == 23 and len(spec.CONVS) == 53
+    for k in convs:
+        assert "parallel=True)\ndef conv_" in k
+        assert "for i in prange(" in k and "for b in prange(" in k, k[:300]  # its copy, its output channels
+
+
+def parallel_regions_per_image(source: str) -> int:
+    """Every prange loop the forward pass enters for one image: a fork and a join of the thread pool each."""
+    blocks = {m.group(1): block for block in source.split("\n\n\n") if (m := re.search(r"^def (\w+)\(", block, re.M))}
+    forward = blocks["forward"][blocks["forward"].index("if first <= 0") :]
+    calls = re.findall(r"^\s+(\w+)\(", forward, re.M)
+    return sum(blocks[name].count("in prange(") for name in calls if name in blocks)
+
+
+def test_the_count_of_parallel_regions_per_image_is_what_notes_says(store):
+    notes = (stages.find("06").folder / "NOTES.md").read_text()
+    said = int(re.search(r"(\d+) parallel regions per image", notes).group(1))
+    assert parallel_regions_per_image(stages.load("06").ResNet50(store).source) == said

@@ -21,7 +21,8 @@ def test_schema_round_trips(small_results, tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda r: r.__setitem__("schema", 99), "schema 99 is not 1"),
+        (lambda r: r.__setitem__("schema", 99), "schema 99 is not 2"),
+        (lambda r: r.__setitem__("schema", 1), "schema 1 is not 2"),  # the sgemm-peak layout
         (lambda r: r.pop("peak"), "lack peak"),
         (lambda r: r["entries"][0].pop("status"), "lacks 'status'"),
     ],
@@ -75,7 +76,12 @@ def test_quick_bench_of_two_stages_end_to_end(store, tmp_path):
         timeout=900,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    data = results.load(tmp_path / "latest.json")
+    if (tmp_path / "latest.json").exists():
+        data = results.load(tmp_path / "latest.json")
+    else:  # a busy machine: its numbers are kept apart, and it says so
+        assert "the machine was busy" in run.stderr, run.stderr[-3000:]
+        (path,) = tmp_path.glob("2*.json")
+        data = results.load(path)
     by_name = {e["name"]: e for e in data["entries"]}
     assert {"02_vectorized", "04_no_alloc", "numpy@1", "onnxruntime@1"} <= set(by_name)
     for name in ("02_vectorized", "04_no_alloc", "onnxruntime@1"):
@@ -83,11 +89,25 @@ def test_quick_bench_of_two_stages_end_to_end(store, tmp_path):
         assert e["status"] == "ok", e
         assert e["latency_ms"]["min"] <= e["latency_ms"]["median"] <= e["latency_ms"]["p90"]
         assert e["verdict"]["max_abs_diff"] <= e["verdict"]["tolerance"]
-        assert 0 < e["peak_fraction"] < 3
+        assert 0 < e["peak_fraction"] < 1.3  # near what the machine can do; tuned engines edge past sgemm
     assert data["peak"]["gflops_1_thread"] > 1
     assert data["extrapolations"][0]["latency_s"] > 60
-    assert (tmp_path / "overview.png").exists()
+    assert (tmp_path / "overview.png").exists() or not data["contention"]["busy"]
     assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(
         ["latest.json", *[p.name for p in tmp_path.glob("2*.json")]]
     )
     assert "02_vectorized" in run.stdout  # the table is printed
+
+
+def test_the_profile_legend_shows_the_colours_the_bars_use():
+    import matplotlib.colors as mcolors
+
+    from bench import profile
+
+    rows = [{"layer": n, "op": op, "ms": 1.0, "gflops": 10.0} for n, op in [("a", "conv 1x1"), ("b", "conv 3x3")]]
+    fig = profile.figure("06_threads", 2, rows, 100.0)
+    top = fig.axes[0]
+    bars = {mcolors.to_hex(p.get_facecolor()) for p in top.patches}
+    legend = {t.get_text(): mcolors.to_hex(h.get_facecolor()) for t, h in zip(
+        top.get_legend().get_texts(), top.get_legend().legend_handles, strict=True)}  # fmt: skip
+    assert legend == profile.OP_COLOURS and bars == {legend["conv 1x1"], legend["conv 3x3"]}

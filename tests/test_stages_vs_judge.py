@@ -1,4 +1,4 @@
-"""Every stage against the judge (ONNX Runtime) on every sample image, with DESIGN.md's tolerance."""
+"""Every stage against the judge (ONNX Runtime) on every sample image, with the judge's tolerance (docs/design.md)."""
 
 import numpy as np
 import pytest

@@ -2,8 +2,9 @@
 
 One change from 03: memory is planned once. The constructor packs the weight pool into one flat array,
 gives every tensor of the forward pass a place in one activation arena (a place is reused as soon as the
-tensor in it is dead: ping-pong buffers, sized for `max_batch`), sets aside the conv's scratch buffer,
-and writes each step as a row of plain integers (op, offsets, sizes). The forward pass is one compiled
+tensor in it is dead: ping-pong buffers, sized for `max_batch`), all aligned to cache lines, sets aside
+the conv's scratch buffer (the planner is common/arena.py, which every later stage uses too), and writes
+each step as a row of plain integers (op, offsets, sizes). The forward pass is one compiled
 call that walks those rows; the kernels write into the views they are given instead of returning new
 arrays. No dict, no string, no allocation on the hot path. The kernels' loops are 03's.
 
@@ -11,13 +12,13 @@ The forward pass walks `spec.STEPS` (conv1, maxpool, 16 bottlenecks, avgpool, fc
 named tensor and writes one; a bottleneck's last conv adds the block's input (the residual) before its ReLU.
 """
 
-import math
 from functools import partial
 
 import numpy as np
 from numba import njit
 
 from common import spec
+from common.arena import aligned_zeros, pack_weights, plan_arena
 from common.inputs import SHAPE, check_batch, check_max_batch
 
 BN_EPS = np.float32(spec.BN_EPS)
@@ -175,75 +176,16 @@ def run_plan(x, params, plan, arena, scratch, first, last):
             )
 
 
-def channels_last(w: np.ndarray) -> np.ndarray:
-    """(CO, CI, K, K) as stored -> (CO, K, K, CI), the layout conv2d reads."""
-    return np.ascontiguousarray(w.transpose(0, 2, 3, 1))
-
-
-LINE = 16  # floats in a 64-byte cache line: every buffer and every tensor starts on one
-
-
-def aligned(n: int) -> int:
-    return -(-n // LINE) * LINE
-
-
-def aligned_zeros(n: int) -> np.ndarray:
-    """n float32 zeros starting on a cache line, so 16-float vector loads never straddle two lines."""
-    raw = np.zeros(n + LINE, np.float32)
-    start = (-raw.ctypes.data % (4 * LINE)) // 4
-    return raw[start : start + n]
-
-
-def pack_weights(weights) -> tuple[np.ndarray, dict[str, int]]:
-    """Every tensor, conv weights channels-last, in one flat float32 array; the offset of each by name."""
-    arrays = {name: weights.load(name) for name in weights.names()}
-    for c in spec.CONVS:
-        arrays[c.weight] = channels_last(arrays[c.weight])
-    offsets, total = {}, 0
-    for name, a in arrays.items():
-        offsets[name] = total
-        total += aligned(a.size)
-    params = aligned_zeros(total)
-    for name, a in arrays.items():
-        params[offsets[name] : offsets[name] + a.size] = a.reshape(-1)
-    return params, offsets
-
-
-def plan_arena(max_batch: int) -> tuple[dict[str, int], int]:
-    """A place in one arena for every tensor of the forward pass, reusing a place once its tensor is dead.
-
-    Tensors are placed in the order they are made. A place is free for step i's output when the last step
-    that reads its current tensor comes before i. Each place is as large as the largest tensor it holds.
-    """
-    sizes = {spec.INPUT: max_batch * aligned(spec.IN_CHANNELS * spec.IMAGE_SIZE**2)}
-    last_read = {}
-    for i, step in enumerate(spec.STEPS):
-        sizes[step.dst] = max_batch * aligned(math.prod(step.shape))
-        last_read[step.src] = i
-        if step.residual:
-            last_read[step.residual] = i
-    places: list[list] = []  # [size, tensor in it]
-    where: dict[str, int] = {}
-    for i, tensor in enumerate(sizes):  # the input, then each step's output in execution order
-        free = [j for j, (_, holder) in enumerate(places) if last_read.get(holder, len(spec.STEPS)) < i - 1]
-        if free:
-            j = max(free, key=lambda j: places[j][0])
-            places[j] = [max(places[j][0], sizes[tensor]), tensor]
-        else:
-            j = len(places)
-            places.append([sizes[tensor], tensor])
-        where[tensor] = j
-    starts = np.cumsum([0] + [size for size, _ in places])
-    return {tensor: int(starts[j]) for tensor, j in where.items()}, int(starts[-1])
-
-
 class ResNet50:
-    def __init__(self, weights, max_batch: int = 1) -> None:
+    """`align` and `reuse` switch one idea off at a time, for `make ablate STAGE=04`; the defaults are the
+    lesson (common/arena.py holds the planner, used by every stage from here on)."""
+
+    def __init__(self, weights, max_batch: int = 1, align: bool = True, reuse: bool = True) -> None:
         max_batch = check_max_batch(max_batch)
-        self.params, weight_at = pack_weights(weights)
-        self.tensor_at, arena_size = plan_arena(max_batch)
-        self.arena = aligned_zeros(arena_size)
-        self.scratch = aligned_zeros(max(c.h_in * c.w_in * c.cin for c in spec.CONVS))
+        self.params, weight_at = pack_weights(weights, align)
+        self.tensor_at, arena_size = plan_arena(max_batch, align, reuse)
+        self.arena = aligned_zeros(arena_size, align)
+        self.scratch = aligned_zeros(max(c.h_in * c.w_in * c.cin for c in spec.CONVS), align)
         self.plan = np.array([self._row(step, weight_at) for step in spec.STEPS], np.int64)
         self.max_batch = max_batch
 
@@ -284,3 +226,10 @@ class ResNet50:
     def _logits(self, n: int) -> np.ndarray:
         start = self.tensor_at[spec.LOGITS]
         return self.arena[start : start + n * spec.NUM_CLASSES].reshape(n, spec.NUM_CLASSES).copy()
+
+
+# `make ablate STAGE=04`: the lesson with one of its ideas switched off, each measured against the whole.
+ABLATIONS = {
+    "buffers a quarter cache line off (not aligned)": {"align": False},
+    "every tensor its own place (no reuse)": {"reuse": False},
+}

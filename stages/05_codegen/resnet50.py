@@ -1,37 +1,30 @@
 """Stage 05, generated code: every layer gets a kernel written for its exact shape.
 
-One change from 04: instead of one generic conv kernel reading sizes from a table, a generator walks 04's
-plan and writes Python source: one conv kernel per distinct layer shape, with channels, sizes, strides
-and padding as literals, and a straight-line forward pass with every offset a literal. Knowing the sizes,
-each kernel copies its input channels-last with a zero border, so every dot product has the same literal
-length (no edge cases, no remainder loop), and it computes 8 output channels at once, so each loaded
-input vector feeds 8 FMAs instead of one. The source is compiled once and cached on disk, in a private
-per-user folder named by the hash of the source. The other kernels are 04's, copied into the source.
+One change from 04: instead of one generic conv kernel reading sizes from a table, a generator writes
+Python source: one conv kernel per distinct layer shape, with channels, sizes, strides and padding as
+literals, and a straight-line forward pass with every offset a literal. Knowing the sizes, each kernel
+copies its input channels-last with a zero border, so every dot product has the same literal length (no
+edge cases, no remainder loop), and it computes 8 output channels at once, so each loaded input vector
+feeds 8 FMAs instead of one. The other kernels are 04's, copied into the source. common.generated
+compiles the source once, caches it in a private folder, and turns it into a `ResNet50`.
 
 The forward pass walks `spec.STEPS` (conv1, maxpool, 16 bottlenecks, avgpool, fc): each step reads one
 named tensor and writes one; a bottleneck's last conv adds the block's input (the residual) before its ReLU.
 """
 
-import hashlib
-import importlib.util
 import inspect
-import math
-import os
-import sys
-from functools import partial
 
-import numba
 import numpy as np
 from numba import njit
 
-from common import jit_cache, spec
-from common.inputs import SHAPE, check_batch, check_max_batch
-from common.paths import cache_dir
+from common import spec
+from common.arena import channels_last
+from common.generated import GeneratedResNet50, activation, arena_view, local, plus, pool_view, times
+from common.inputs import SHAPE
 
-BN_EPS = np.float32(spec.BN_EPS)
-
-
-V = 8  # output channels per pass of a conv kernel: each input vector loaded feeds V dot products
+BLOCK = 8  # output channels per pass of a conv kernel: each input vector loaded feeds BLOCK dot products
+TILE = 16  # input channels copied together: 16 floats fill one cache line of the copy
+VECTOR = 16  # floats in one AVX-512 register
 
 
 def conv_name(c: spec.Conv) -> str:
@@ -49,88 +42,87 @@ def conv_geometry(c: spec.Conv) -> tuple[int, int, int, int, int]:
     return c.h_in, c.w_in, c.pad, 1, c.stride
 
 
-def dot_length(c: spec.Conv) -> tuple[int, int]:
-    """(length, padded length) of one dot product: k taps x cin channels, rounded up to whole vectors.
+def dot_length(c: spec.Conv, whole_vectors: bool = True) -> int:
+    """One dot product: k taps x cin channels, rounded up to whole vectors.
 
     conv1 has 3 channels: 7 x 3 = 21 floats, one vector and a scalar tail. Padded to 32 with zero
-    weights, it is two vectors and no tail; the 11 extra inputs read are multiplied by zero.
+    weights (once, in the pool), it is two vectors and no tail; the 11 extra inputs read are multiplied
+    by zero.
     """
     length = c.kernel * c.cin
-    return length, -(-length // 16) * 16
+    return -(-length // VECTOR) * VECTOR if whole_vectors else length
 
 
-def copy_shape(c: spec.Conv) -> tuple[int, int]:
+def copy_shape(c: spec.Conv, whole_vectors: bool = True) -> tuple[int, int]:
     """(rows, floats per row) of the channels-last copy, wide enough for the last dot's padding."""
     rows, cols, border, _, step = conv_geometry(c)
-    _, padded = dot_length(c)
-    width = max((cols + 2 * border) * c.cin, (c.w_out - 1) * step * c.cin + padded)
+    width = max((cols + 2 * border) * c.cin, (c.w_out - 1) * step * c.cin + dot_length(c, whole_vectors))
     return rows + 2 * border, width
 
 
-def scratch_size(c: spec.Conv) -> int:
-    rows, width = copy_shape(c)
-    length, padded = dot_length(c)
-    return rows * width + (c.cout * c.kernel * padded if padded != length else 0)
-
-
-def channel_loop(c: spec.Conv, first: int, last: int, block: int) -> list[str]:
+def channel_loop(c: spec.Conv, first: int, last: int, block: int, whole_vectors: bool) -> list[str]:
     """Output channels first..last-1, `block` at a time: each input vector loaded feeds `block` FMAs."""
-    k, cin = c.kernel, c.cin
-    step = conv_geometry(c)[4]
-    padded = dot_length(c)[1]
-    return [
-        f"        for b in range({(last - first) // block}):",
-        f"            co = {first} + b * {block}",
-        f"            for oh in range({c.h_out}):",
-        f"                for ow in range({c.w_out}):",
-        *[f"                    a{v} = np.float32(0.0)" for v in range(block)],
-        f"                    for kh in range({k}):",
-        f"                        xs = xp[oh * {step} + kh, ow * {step * cin} : ow * {step * cin} + {padded}]",
-        *[f"                        w{v} = w[co + {v}, kh]" for v in range(block)],
-        f"                        for j in range({padded}):",
-        "                            v = xs[j]",
-        *[f"                            a{v} += w{v}[j] * v" for v in range(block)],
-        *[f"                    y[n, co + {v}, oh, ow] = a{v}" for v in range(block)],
+    cin, step, length = c.cin, conv_geometry(c)[4], dot_length(c, whole_vectors)
+    blocks = (last - first) // block
+    co = "co" if blocks > 1 else str(first)  # the block's first output channel
+    kh = "kh" if c.kernel > 1 else "0"
+    row = plus(times("ow", step * cin))
+    tap = [
+        f"xs = xp[{plus(times('oh', step), kh)}, {row} : {plus(row, length)}]",
+        *[f"w{v} = w[{plus(co, v)}, {kh}]" for v in range(block)],
+        f"for j in range({length}):",
+        "    xj = xs[j]",
+        *[f"    a{v} += w{v}[j] * xj" for v in range(block)],
     ]
+    pixel = [
+        *[f"a{v} = np.float32(0.0)" for v in range(block)],
+        *([f"for kh in range({c.kernel}):", *["    " + t for t in tap]] if c.kernel > 1 else tap),
+        *[f"y[n, {plus(co, v)}, oh, ow] = a{v}" for v in range(block)],
+    ]
+    body = [
+        f"for oh in range({c.h_out}):",
+        f"    for ow in range({c.w_out}):",
+        *["        " + p for p in pixel],
+    ]
+    if blocks == 1:
+        return ["        " + b for b in body]
+    first_channel = f"co = {plus(first, times('b', block))}"
+    return [f"        for b in range({blocks}):", *["            " + b for b in [first_channel, *body]]]
 
 
-def conv_source(c: spec.Conv, layers: list[str]) -> str:
-    """The kernel for every conv of c's shape: x (n, C, H, W), w (CO, K, K*C), y (n, CO, HO, WO)."""
-    k, cin, cout = c.kernel, c.cin, c.cout
+def conv_source(c: spec.Conv, layers: list[str], block: int = BLOCK, tile: int = TILE, whole_vectors=True) -> str:
+    """The kernel for every conv of c's shape: x (n, C, H, W), w (CO, K, K*C padded), y (n, CO, HO, WO)."""
+    cin, cout = c.cin, c.cout
     rows, cols, border, sample, _ = conv_geometry(c)
-    height, width = copy_shape(c)
-    length, padded = dot_length(c)  # one kernel row: k taps x cin channels, contiguous in the copy and in w
+    height, width = copy_shape(c, whole_vectors)
     out = [
         "@njit(cache=True, fastmath=True)",
         f"def {conv_name(c)}(x, w, y, scratch):",
-        f'    """{cin}x{c.h_in}x{c.w_in} -> {cout}x{c.h_out}x{c.w_out}, {k}x{k} conv, stride {c.stride}, '
+        f'    """{cin}x{c.h_in}x{c.w_in} -> {cout}x{c.h_out}x{c.w_out}, {c.kernel}x{c.kernel} conv, stride {c.stride}, '
         f'padding {c.pad}: {", ".join(layers)}."""',
-        f"    xp = scratch[: {height * width}].reshape({height}, {width})",
+        f"    xp = scratch[:{height * width}].reshape({height}, {width})",
     ]
-    if padded != length:
-        out += [
-            f"    wp = scratch[{height * width} : {height * width + cout * k * padded}].reshape({cout}, {k}, {padded})",
-            "    wp[:] = 0  # each kernel row padded with zero weights to a whole number of vectors",
-            f"    wp[:, :, :{length}] = w",
-            "    w = wp",
-        ]
     if border or width > (cols + 2 * border) * cin:
         out.append("    xp[:] = 0  # the border stays zero; every image overwrites the inside")
-    tile = 16 if cin % 16 == 0 else cin  # channels copied together: each 16 fill one cache line of xp
-    out += [
-        "    for n in range(x.shape[0]):",
-        f"        for i in range({rows}):",
-        f"            for cb in range(0, {cin}, {tile}):",
-        f"                for j in range({cols}):",
-        f"                    for c in range({tile}):",
-        f"                        xp[i + {border}, (j + {border}) * {cin} + cb + c] = "
-        f"x[n, cb + c, i * {sample}, j * {sample}]",
-    ]
-    whole = cout - cout % V
+    tile = tile if cin % tile == 0 else cin  # channels copied together: each 16 fill one cache line of xp
+    cb, ch = ("cb" if cin > tile else "0"), ("c" if tile > 1 else "0")
+    copy = (
+        f"xp[{plus('i', border)}, {plus(times(plus('j', border), cin), cb, ch)}] = "
+        f"x[n, {plus(cb, ch)}, {times('i', sample)}, {times('j', sample)}]"
+    )
+    indent = "            " + ("    " if cin > tile else "")
+    columns = [f"{indent}for j in range({cols}):"]
+    if tile > 1:
+        columns += [f"{indent}    for c in range({tile}):", f"{indent}        {copy}"]
+    else:
+        columns.append(f"{indent}    {copy}")
+    out += ["    for n in range(x.shape[0]):", f"        for i in range({rows}):"]
+    out += [f"            for cb in range(0, {cin}, {tile}):", *columns] if cin > tile else columns
+    whole = cout - cout % block
     if whole:
-        out += channel_loop(c, 0, whole, V)
-    if whole < cout:  # channels left over after the blocks of V, one at a time
-        out += channel_loop(c, whole, cout, 1)
+        out += channel_loop(c, 0, whole, block, whole_vectors)
+    if whole < cout:  # channels left over after the blocks, one at a time
+        out += channel_loop(c, whole, cout, 1, whole_vectors)
     return "\n".join(out) + "\n"
 
 
@@ -204,185 +196,93 @@ def fc(x, w, b, y):
             y[n, o] = acc + b[o]
 
 
-def forward_source(tensor_at: dict[str, int], weight_at: dict[str, int]) -> str:
-    """The forward pass as straight-line code; offsets are per image, `b` is the arena's capacity in images."""
+BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
 
-    def view(tensor: str, shape: tuple[int, ...]) -> str:
-        at, size = tensor_at[tensor], math.prod(shape)
-        return f"arena[b * {at} : b * {at} + n * {size}].reshape(n, {', '.join(map(str, shape))})"
 
-    def pool(name: str, shape: tuple[int, ...]) -> str:
-        at = weight_at[name]
-        text = f"params[{at} : {at + math.prod(shape)}]"
-        return text if len(shape) == 1 else f"{text}.reshape({', '.join(map(str, shape))})"
-
-    out = [
+def forward_source(tensor_at: dict[str, int], weight_at: dict[str, int], whole_vectors: bool = True) -> str:
+    """The forward pass as straight-line code: every tensor a named view at a literal offset (per image;
+    `b` is the arena's capacity in images, `n` this call's), then the steps."""
+    views = ["    # Activations: views of the arena.", arena_view(spec.INPUT, tensor_at[spec.INPUT], SHAPE)]
+    views += [arena_view(step.dst, tensor_at[step.dst], step.shape) for step in spec.STEPS]
+    views.append("    # Weights: views of the pool.")
+    steps = []
+    for i, step in enumerate(spec.STEPS):
+        src, dst = activation(step.src), activation(step.dst)
+        steps.append(f"    if first <= {i} < last:  # {step.name}")
+        if i == 0:
+            steps.append(f"        {src}[:] = x")
+        if step.op == "conv":
+            c = step.conv
+            views.append(pool_view(c.weight, weight_at[c.weight], (c.cout, c.kernel, dot_length(c, whole_vectors))))
+            bn = [f"{c.bn}.{f}" for f in BN_FIELDS]
+            views += [pool_view(t, weight_at[t], (c.cout,)) for t in bn]
+            steps += [
+                f"        {conv_name(c)}({src}, {local(c.weight)}, {dst}, scratch)",
+                f"        batchnorm({dst}, {', '.join(map(local, bn))}, BN_EPS)",
+            ]
+            if step.residual:
+                steps.append(f"        add({dst}, {activation(step.residual)})")
+            if step.relu:
+                steps.append(f"        relu({dst})")
+        elif step.op == "maxpool":
+            steps.append(f"        maxpool({src}, {', '.join(map(str, spec.MAXPOOL))}, {dst})")
+        elif step.op == "avgpool":
+            steps.append(f"        avgpool({src}, {dst})")
+        else:
+            views.append(pool_view("fc.weight", weight_at["fc.weight"], (spec.NUM_CLASSES, spec.FC_IN)))
+            views.append(pool_view("fc.bias", weight_at["fc.bias"], (spec.NUM_CLASSES,)))
+            steps.append(f"        fc({src}, fc_weight, fc_bias, {dst})")
+    head = [
         "@njit(cache=True)",
         "def forward(x, params, arena, scratch, b, first, last):",
         '    """Steps first..last-1 of ResNet-50 on x (n images); the arena holds b images per tensor."""',
         "    n = x.shape[0]",
     ]
-    for i, step in enumerate(spec.STEPS):
-        src_shape = spec.STEP_BY_NAME[step.src].shape if step.src != spec.INPUT else SHAPE
-        out.append(f"    if first <= {i} < last:  # {step.name}")
-        if i == 0:
-            out.append(f"        {view(spec.INPUT, SHAPE)}[:] = x")
-        src, dst = view(step.src, src_shape), view(step.dst, step.shape)
-        if step.op == "conv":
-            c = step.conv
-            bn = [pool(f"{c.bn}.{f}", (c.cout,)) for f in ("weight", "bias", "running_mean", "running_var")]
-            out += [
-                f"        dst = {dst}",
-                f"        {conv_name(c)}({src}, {pool(c.weight, (c.cout, c.kernel, c.kernel * c.cin))}, dst, scratch)",
-                f"        batchnorm(dst, {', '.join(bn)}, BN_EPS)",
-            ]
-            if step.residual:
-                out.append(f"        add(dst, {view(step.residual, step.shape)})")
-            if step.relu:
-                out.append("        relu(dst)")
-        elif step.op == "maxpool":
-            out.append(f"        maxpool({src}, {', '.join(map(str, spec.MAXPOOL))}, {dst})")
-        elif step.op == "avgpool":
-            out.append(f"        avgpool({src}, {dst})")
-        else:
-            weight, bias = pool("fc.weight", (spec.NUM_CLASSES, spec.FC_IN)), pool("fc.bias", (spec.NUM_CLASSES,))
-            out.append(f"        fc({src}, {weight}, {bias}, {dst})")
-    return "\n".join(out) + "\n"
+    return "\n".join(head + views + steps) + "\n"
 
 
-def generate(tensor_at: dict[str, int], weight_at: dict[str, int]) -> str:
+def generate(
+    tensor_at: dict[str, int], weight_at: dict[str, int], block: int = BLOCK, tile: int = TILE, whole_vectors=True
+) -> str:
     """The whole generated module: 04's small kernels, one conv kernel per distinct shape, the forward pass."""
     shapes: dict[str, list[spec.Conv]] = {}
     for c in spec.CONVS:
         shapes.setdefault(conv_name(c), []).append(c)
     parts = [
-        "# Generated by stages/05_codegen/resnet50.py: ResNet-50 with every size a literal. Edit the generator.",
         "import numpy as np\nfrom numba import njit\n",
         f"BN_EPS = np.float32({spec.BN_EPS!r})\n",
         *(inspect.getsource(k.py_func) for k in (batchnorm, relu, add, maxpool, avgpool, fc)),
-        *(conv_source(convs[0], [c.name for c in convs]) for convs in shapes.values()),
-        forward_source(tensor_at, weight_at),
+        *(conv_source(convs[0], [c.name for c in convs], block, tile, whole_vectors) for convs in shapes.values()),
+        forward_source(tensor_at, weight_at, whole_vectors),
     ]
     return "\n\n".join(parts)
 
 
-def load_generated(source: str):
-    """Import the generated source from the private cache, writing it there first if it is not already.
+class ResNet50(GeneratedResNet50):
+    """The keyword arguments switch one idea off at a time, for `make ablate STAGE=05`; the defaults are
+    the lesson."""
 
-    The folder is named by a hash of the source, numba's and Python's versions; the file is compared with
-    the source, so a truncated, edited or corrupt copy is rewritten (numba then recompiles it, as its own
-    cache follows the file's timestamp). numba keeps the machine code in __pycache__ next to the file,
-    checksummed by common.jit_cache.
-    """
-    key = hashlib.sha256(f"{source}{numba.__version__}{sys.version}".encode()).hexdigest()[:20]
-    folder = cache_dir("codegen", f"05_codegen-{key}")
-    path = folder / "resnet50_generated.py"
-    if not path.is_file() or path.read_bytes() != source.encode():
-        tmp = folder / f".resnet50_generated.{os.getpid()}.tmp"
-        tmp.write_text(source, encoding="utf-8")
-        os.replace(tmp, path)  # atomic: another process sees the old file or the new one, never half
-    jit_cache.install(folder)
-    name = f"resnet50_generated_05_{key}"
-    if name not in sys.modules:
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
+    def __init__(self, weights, max_batch: int = 1, **switches) -> None:
+        self.switches = {"block": BLOCK, "tile": TILE, "whole_vectors": True, **switches}
+        super().__init__(weights, max_batch)
+
+    def generate(self, tensor_at: dict[str, int], weight_at: dict[str, int]) -> str:
+        return generate(tensor_at, weight_at, **self.switches)
+
+    def conv_weights(self, c: spec.Conv, w: np.ndarray) -> np.ndarray:
+        """Channels-last kernel rows (CO, K, K*C), each padded with zeros to whole vectors, once, here."""
+        rows = channels_last(w).reshape(c.cout, c.kernel, c.kernel * c.cin)
+        padded = np.zeros((c.cout, c.kernel, dot_length(c, self.switches["whole_vectors"])), np.float32)
+        padded[:, :, : rows.shape[2]] = rows
+        return padded
+
+    def scratch_floats(self) -> int:
+        return max(int(np.prod(copy_shape(c, self.switches["whole_vectors"]))) for c in spec.CONVS)
 
 
-def channels_last(w: np.ndarray) -> np.ndarray:
-    """(CO, CI, K, K) as stored -> (CO, K, K, CI), the layout conv2d reads."""
-    return np.ascontiguousarray(w.transpose(0, 2, 3, 1))
-
-
-LINE = 16  # floats in a 64-byte cache line: every buffer and every tensor starts on one
-
-
-def aligned(n: int) -> int:
-    return -(-n // LINE) * LINE
-
-
-def aligned_zeros(n: int) -> np.ndarray:
-    """n float32 zeros starting on a cache line, so 16-float vector loads never straddle two lines."""
-    raw = np.zeros(n + LINE, np.float32)
-    start = (-raw.ctypes.data % (4 * LINE)) // 4
-    return raw[start : start + n]
-
-
-def pack_weights(weights) -> tuple[np.ndarray, dict[str, int]]:
-    """Every tensor, conv weights channels-last, in one flat float32 array; the offset of each by name."""
-    arrays = {name: weights.load(name) for name in weights.names()}
-    for c in spec.CONVS:
-        arrays[c.weight] = channels_last(arrays[c.weight])
-    offsets, total = {}, 0
-    for name, a in arrays.items():
-        offsets[name] = total
-        total += aligned(a.size)
-    params = aligned_zeros(total)
-    for name, a in arrays.items():
-        params[offsets[name] : offsets[name] + a.size] = a.reshape(-1)
-    return params, offsets
-
-
-def plan_arena(max_batch: int) -> tuple[dict[str, int], int]:
-    """A place in one arena for every tensor of the forward pass, reusing a place once its tensor is dead.
-
-    Tensors are placed in the order they are made. A place is free for step i's output when the last step
-    that reads its current tensor comes before i. Each place is as large as the largest tensor it holds.
-    """
-    sizes = {spec.INPUT: max_batch * aligned(spec.IN_CHANNELS * spec.IMAGE_SIZE**2)}
-    last_read = {}
-    for i, step in enumerate(spec.STEPS):
-        sizes[step.dst] = max_batch * aligned(math.prod(step.shape))
-        last_read[step.src] = i
-        if step.residual:
-            last_read[step.residual] = i
-    places: list[list] = []  # [size, tensor in it]
-    where: dict[str, int] = {}
-    for i, tensor in enumerate(sizes):  # the input, then each step's output in execution order
-        free = [j for j, (_, holder) in enumerate(places) if last_read.get(holder, len(spec.STEPS)) < i - 1]
-        if free:
-            j = max(free, key=lambda j: places[j][0])
-            places[j] = [max(places[j][0], sizes[tensor]), tensor]
-        else:
-            j = len(places)
-            places.append([sizes[tensor], tensor])
-        where[tensor] = j
-    starts = np.cumsum([0] + [size for size, _ in places])
-    return {tensor: int(starts[j]) for tensor, j in where.items()}, int(starts[-1])
-
-
-class ResNet50:
-    def __init__(self, weights, max_batch: int = 1) -> None:
-        max_batch = check_max_batch(max_batch)
-        self.params, weight_at = pack_weights(weights)
-        self.tensor_at, arena_size = plan_arena(max_batch)
-        self.arena = aligned_zeros(arena_size)
-        self.scratch = aligned_zeros(max(scratch_size(c) for c in spec.CONVS))
-        per_image = {tensor: at // max_batch for tensor, at in self.tensor_at.items()}
-        self.source = generate(per_image, weight_at)
-        self.forward = load_generated(self.source).forward
-        self.max_batch = max_batch
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """x: (N, 3, 224, 224) float32, C-contiguous -> logits (N, 1000) float32."""
-        x = check_batch(x, self.max_batch)
-        self.forward(x, self.params, self.arena, self.scratch, self.max_batch, 0, len(spec.STEPS))
-        return self._logits(len(x))
-
-    def layer_steps(self, x: np.ndarray) -> list:
-        """The forward pass as (layer name, step) pairs: calling the steps in order returns the logits
-        from the last one. The profiler times each step; `__call__` runs them all in one call."""
-        x = check_batch(x, self.max_batch)
-        steps = []
-        for i, step in enumerate(spec.STEPS):
-            run = partial(self.forward, x, self.params, self.arena, self.scratch, self.max_batch, i, i + 1)
-            steps.append((step.name, run))
-        last_name, last_run = steps[-1]
-        steps[-1] = (last_name, lambda: (last_run(), self._logits(len(x)))[1])
-        return steps
-
-    def _logits(self, n: int) -> np.ndarray:
-        start = self.tensor_at[spec.LOGITS]
-        return self.arena[start : start + n * spec.NUM_CLASSES].reshape(n, spec.NUM_CLASSES).copy()
+# `make ablate STAGE=05`: the lesson with one of its ideas switched off, each measured against the whole.
+ABLATIONS = {
+    "1 output channel per pass (not 8)": {"block": 1},
+    "copy 1 channel at a time (not tiles of 16)": {"tile": 1},
+    "exact dot length (conv1: 21 floats, not 32)": {"whole_vectors": False},
+}

@@ -1,0 +1,25 @@
+"""The FMA peak is a real limit: its kernel's hot loop is packed FMAs on registers and nothing else."""
+
+import re
+
+import numpy as np
+from numba import njit
+
+from bench import peak
+
+
+def test_the_fma_peak_kernel_is_register_fmas_only():
+    kernel = njit(fastmath=peak.FMA_FLAGS)(peak.fma_chains.py_func)  # a fresh copy: cached code has no asm
+    assert kernel(3, np.float32(1.0), np.float32(1.0)) == sum(range(peak.CHAINS)) + 3 * peak.CHAINS
+    asm = kernel.inspect_asm(kernel.signatures[0]).splitlines()
+    fmas = [i for i, line in enumerate(asm) if "vfmadd" in line]
+    loop = asm[fmas[0] : fmas[-1] + 1]
+    assert len(fmas) >= 16 and all(re.search(r"%[yz]mm", asm[i]) for i in fmas)  # packed, 8 or 16 floats
+    assert not [line for line in loop if "(%" in line], "a memory access inside the FMA loop"
+
+
+def test_measure_reports_both_limits():
+    limits = peak.measure(1, repeats=1)
+    assert limits["gflops_1_thread"] > 0 and limits["sgemm_gflops_1_thread"] > 0
+    # the FMA peak bounds what sgemm can reach (generous margin: this is not a timing test)
+    assert limits["sgemm_gflops_1_thread"] < 1.5 * limits["gflops_1_thread"]
