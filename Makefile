@@ -44,7 +44,7 @@ help:
 	@echo "make classify IMG=photo.jpg [STAGE=01|ref] [FORMAT=json]   top-5 classes and latency"
 	@echo "make weights [SOURCE=auto|hub|random|torchvision|file.safetensors|.npz|.pth] [SEED=0] [FORCE=1]"
 	@echo "make chart                  redraw charts and the README table from results/latest.json"
-	@echo "make profile STAGE=06       time and GFLOP/s per layer"
+	@echo "make profile STAGE=06 [THREADS=1]   time and GFLOP/s per layer, next to ONNX Runtime's at equal threads"
 	@echo "make regress                latency regression check against results/baseline.json (make baseline rewrites it)"
 	@echo "make diff A=03 B=04         the lesson between two stages"
 	@echo "make ablate STAGE=05        each idea of a bundled rung (04, 05) switched off in turn, into its NOTES.md"
@@ -100,7 +100,7 @@ classify: weights-ready
 		$(if $(call given,IMG),-- $(call q,IMG))
 
 profile: weights-ready
-	@$(RUN) -m bench.profile --stage=$(if $(call given,STAGE),$(call q,STAGE),06)
+	@$(RUN) -m bench.profile --stage=$(if $(call given,STAGE),$(call q,STAGE),06) $(if $(call given,THREADS),--threads=$(call q,THREADS))
 
 regress: weights-ready
 	@$(RUN) -m pytest bench/regress -p no:cacheprovider -q $(BENCH_COLUMNS) $(REGRESS_ARGS); rc=$$?; \

@@ -5,7 +5,8 @@ latency.png     batch-1 latency of every stage and peer, log scale, with the C++
 speedup.png     each stage against 01 and against the stage before (log scale)
 throughput.png  images per second at the larger batch
 roofline.png    GFLOP/s against the measured FMA peak drawn as the limit (and numpy's sgemm), 1 thread and all cores
-overview.png    the four together, for the README
+scaling.png     images per second against batch size (1-16), the fastest stage, 06 and ONNX Runtime
+overview.png    the first four together, for the README
 """
 
 import argparse
@@ -35,7 +36,9 @@ def colour(entry: dict, cores: int) -> str:
 
 
 def name(entry: dict) -> str:
-    return f"{entry['label']} ({entry['threads']} thr)" if entry["kind"] == "peer" else entry["label"]
+    """A peer always says its thread count; a stage when it has several (06 at 1 and at all cores)."""
+    several = entry["kind"] == "peer" or "@" in entry["name"]
+    return f"{entry['label']} ({entry['threads']} thr)" if several else entry["label"]
 
 
 def latency(ax, res: dict) -> None:
@@ -80,7 +83,7 @@ def speedup(ax, res: dict) -> None:
         ax.set_axis_off()
         return
     first = report.median(stages[0])
-    labels = [s["label"] for s in stages]
+    labels = [name(s) for s in stages]
     vs_first = [first / report.median(s) for s in stages]
     vs_prev = [1.0] + [report.median(a) / report.median(b) for a, b in itertools.pairwise(stages)]
     x = range(len(stages))
@@ -135,9 +138,12 @@ def roofline(ax, res: dict) -> None:
     if cores > 1:
         lines.append((peak["gflops_all_threads"], "#d62728", "-", f"FMA peak, {cores} threads"))
         lines.append((peak["sgemm_gflops_all_threads"], "#7f7f7f", "-", f"numpy sgemm, {cores} threads"))
-    for value, tint, style, what in lines:
+    for value, tint, style, what in lines:  # FMA labels on the left, sgemm's on the right: they can be close
         ax.axhline(value, color=tint, linestyle=style, linewidth=1)
-        ax.text(-0.4, value * 1.03, f"{what}: {value:.0f}", ha="left", va="bottom", fontsize=7, color=tint)
+        at, align = (-0.4, "left") if what.startswith("FMA") else (len(entries) - 0.6, "right")
+        box = {"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1}
+        ax.text(at, value * 1.03, f"{what}: {value:.0f}", ha=align, va="bottom", fontsize=7, color=tint, bbox=box,
+                zorder=5)  # fmt: skip
     for i, e in enumerate(entries):
         ax.text(i, values[i] * 1.1, f"{100 * e['peak_fraction']:.0f}%", ha="center", fontsize=6)
     ax.set_yscale("log")
@@ -147,7 +153,28 @@ def roofline(ax, res: dict) -> None:
     ax.set_title("Against the machine's limit (measured FMA peak; numpy's sgemm for scale)")
 
 
+def scaling(ax, res: dict) -> None:
+    """Images per second against batch size (the full run's batch sweep), on every core."""
+    sweep = res.get("batch_sweep")
+    if not sweep:
+        ax.text(0.5, 0.5, "no batch sweep in this run (QUICK=1 skips it)", ha="center", va="center")
+        ax.set_axis_off()
+        return
+    for key, series in sweep["series"].items():
+        points = [(b, v) for b, v in zip(sweep["batches"], series["images_per_s"], strict=True) if v]
+        style = "--" if key.startswith("onnxruntime") else "-"
+        ax.plot(*zip(*points, strict=True), style, marker="o", label=f"{series['label']} ({key.split('@')[-1]} thr)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sweep["batches"], [str(b) for b in sweep["batches"]])
+    ax.set_xlabel("batch size (images per call)")
+    ax.set_ylabel("images per second")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.set_title(f"How throughput grows with the batch, {sweep['threads']} threads")
+
+
 PANELS = {"latency": latency, "speedup": speedup, "throughput": throughput, "roofline": roofline}
+EXTRA = {"scaling": scaling}  # their own files, not in the overview
 
 
 def subtitle(res: dict) -> str:
@@ -163,6 +190,11 @@ def render(res: dict, folder: Path) -> list[tuple[Path, Path]]:
     try:
         for key, panel in PANELS.items():
             fig, ax = plt.subplots(figsize=(9, 5.5))
+            panel(ax, res)
+            fig.suptitle(subtitle(res), fontsize=8, y=0.995)
+            pairs.append(save_figure(fig, folder / f"{key}.png"))
+        for key, panel in EXTRA.items():
+            fig, ax = plt.subplots(figsize=(8, 5))
             panel(ax, res)
             fig.suptitle(subtitle(res), fontsize=8, y=0.995)
             pairs.append(save_figure(fig, folder / f"{key}.png"))

@@ -105,7 +105,7 @@ def environment_traps(cores: int, numba_threads: int) -> list[str]:
         if env.get(var):
             traps.append(
                 f"{var}={env[var]} picks OpenBLAS's kernel or blocking by hand, not for this CPU; "
-                "the numpy peer and the measured peak may be lower than they should"
+                "the numpy peer and the sgemm line may be lower than they should"
             )
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         if env.get(var, "").isdigit() and int(env[var]) < cores:

@@ -143,11 +143,14 @@ class Promise:
     factor: float  # at least this many times faster
 
 
-PROMISE = re.compile(r"\*\*Promise:\*\*\s*(?:at least\s+(\d+(?:\.\d+)?)x\s+)?faster than\s+`?(\d\d_\w+)`?", re.I)
+PROMISE = re.compile(
+    r"\*\*Promise:\*\*\s*(?:at least\s+(\d+(?:\.\d+)?)x\s+)?(?:faster than|as fast as)\s+`?(\d\d_\w+)`?", re.I
+)
 
 
 def read_promise(notes: str) -> Promise | None:
-    """'**Promise:** at least 1.5x faster than `04_no_alloc`.' -> Promise('04_no_alloc', 1.5)."""
+    """'**Promise:** at least 1.5x faster than `04_no_alloc`.' -> Promise('04_no_alloc', 1.5); 'at least
+    0.95x as fast as' for a step whose gain is within the machine's noise (it guards against a real loss)."""
     match = PROMISE.search(notes)
     if not match:
         return None

@@ -30,6 +30,24 @@ def stage_rows(results: dict) -> list[dict]:
     return [e for e in ok_entries(results) if e["kind"] == "stage"]
 
 
+def fastest_lines(results: dict) -> list[str]:
+    """Per thread count, the fastest stage against the fastest peer: where the ladder stands."""
+    lines = []
+    for threads in sorted({e["threads"] for e in ok_entries(results)}):
+        at = [e for e in ok_entries(results) if e["threads"] == threads]
+        stages_ = [e for e in at if e["kind"] == "stage"]
+        peers_ = [e for e in at if e["kind"] == "peer"]
+        if not stages_ or not peers_:
+            continue
+        stage, peer = min(stages_, key=median), min(peers_, key=median)
+        ratio = fmt_x(median(stage) / median(peer))
+        lines.append(
+            f"{threads} thread{'s' if threads > 1 else ''}: {md(stage['label'])} takes {ratio} {md(peer['label'])}'s "
+            f"time ({fmt_ms(median(stage))} against {fmt_ms(median(peer))})"
+        )
+    return lines
+
+
 def reference_at(results: dict, threads: int) -> dict | None:
     for e in ok_entries(results):
         if e["name"] == f"onnxruntime@{threads}":
@@ -105,7 +123,8 @@ def header(results: dict) -> str:
         f"Peak (independent FMAs in registers, measured in the same run): {p['gflops_1_thread']:.0f} GFLOP/s on "
         f"1 thread, {p['gflops_all_threads']:.0f} on {p['threads_all']}; numpy's sgemm reached "
         f"{p['sgemm_gflops_1_thread']:.0f} and {p['sgemm_gflops_all_threads']:.0f}. "
-        "Stages 01-05 run on 1 thread and are compared with the peers at 1 thread; 06 with the peers at all cores. "
+        "Stages 01-05 run on 1 thread; 06 and later at 1 thread and on every core; every row is compared with "
+        "the peers at its own thread count. "
         "The C++ original's latencies were measured on its author's machine, not this one."
     )
     if traps:
@@ -118,7 +137,8 @@ def readme_text(path: Path, results: dict) -> str | None:
     text = path.read_text(encoding="utf-8")
     if BEGIN not in text or END not in text:
         return None
-    block = f"{BEGIN}\n{header(results)}\n\n{table(results)}\n{END}"
+    fastest = "".join(f"- {line}\n" for line in fastest_lines(results))
+    block = f"{BEGIN}\n{header(results)}\n\n{fastest}\n{table(results)}\n{END}"
     return re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
 
 

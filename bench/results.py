@@ -11,7 +11,7 @@ A results file is one JSON object:
     contention    {"threads_efficiency": {"start", "end"}, "busy", "threshold"}: was another process on a core
     flops_per_image   the spec's FLOP count (2 x MACs of the convs and the classifier)
     entries       one per stage or peer at one thread count, in the order run:
-        name          "01_naive", "onnxruntime@1", ...
+        name          "01_naive", "06_threads@2" (a threaded stage, at each thread count), "onnxruntime@1", ...
         label         what charts call it ("01_naive", "ONNX Runtime")
         kind          "stage" or "peer"
         threads       threads it ran with
@@ -25,6 +25,7 @@ A results file is one JSON object:
         peak_fraction gflops / the FMA peak at the same thread count
         cpp_ms        the C++ original's published latency for the same rung (another machine), stages only
     extrapolations    [{"name", "what", "mflops", "latency_s", ...}]: lines that were not run end to end
+    batch_sweep   (full runs) {"threads", "batches", "series": {entry name: {"label", "images_per_s"}}}
 
 `save` writes `results/<time>-<pid>.json` (never overwriting an earlier file) and then replaces
 `results/latest.json`, each through a temporary file and an atomic rename: an interrupted run leaves the
@@ -115,6 +116,20 @@ def validate(results: object, origin: object = "results") -> dict:
             _need(_finite(throughput["images_per_s"]), origin, f"{where}: throughput.images_per_s")
         _need(entry.get("cpp_ms") is None or _finite(entry["cpp_ms"]), origin, f"{where}: cpp_ms")
     _need(any(e["status"] == "ok" for e in entries), origin, "no entry was timed (every status is not 'ok')")
+    sweep = results.get("batch_sweep")
+    if sweep is not None:
+        _need(isinstance(sweep, dict) and isinstance(sweep.get("batches"), list), origin, "batch_sweep.batches")
+        _need(isinstance(sweep.get("series"), dict) and isinstance(sweep.get("threads"), int), origin, "batch_sweep")
+        for key, series in sweep["series"].items():
+            rates = series.get("images_per_s") if isinstance(series, dict) else None
+            _need(
+                isinstance(rates, list)
+                and len(rates) == len(sweep["batches"])
+                and all(r is None or _finite(r) for r in rates)
+                and isinstance(series.get("label"), str),
+                origin,
+                f"batch_sweep.series[{key!r}]",
+            )
     extrapolations = results.get("extrapolations", [])
     _need(isinstance(extrapolations, list), origin, "extrapolations is not a list")
     for x in extrapolations:

@@ -1,7 +1,8 @@
 """`make bench`: every stage and every peer, in one process, on every sample image.
 
 Stages 01-05 run on one thread and are compared with the peers at one thread; stage 06 and later (the
-ones whose constructor takes `threads`) run on every usable core, next to the peers at every core. Each
+ones whose constructor takes `threads`) run at one thread and on every usable core, each compared with
+the peers at the same thread count. The full run ends with a batch sweep (1-16 images). Each
 entry is checked against the judge before it is timed. Then the results file, the charts and the README
 table. QUICK=1 (--quick) for a pass of a minute or two; STAGES=01,06 (--stages) to pick.
 """
@@ -12,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numba
@@ -45,18 +47,48 @@ def threaded(module) -> bool:
 
 
 def stage_entries(selected: list[stages.StageInfo], store: WeightStore, cores: int) -> list[Entry]:
+    """One entry per stage and thread count: a multi-threaded stage at 1 thread and at every core, so each
+    row is compared with the peers at its own thread count."""
     out = []
     for info in selected:
         module = stages.load(info)
-        threads = cores if threaded(module) else 1
-
-        def make(max_batch: int, module=module, threads=threads):
-            if threaded(module):
-                return module.ResNet50(store, max_batch=max_batch, threads=threads)
-            return module.ResNet50(store, max_batch=max_batch)
-
-        out.append(Entry(info.name, info.name, "stage", threads, make, CPP_MS.get(info.key)))
+        if not threaded(module):
+            make = partial(lambda max_batch, module: module.ResNet50(store, max_batch=max_batch), module=module)
+            out.append(Entry(info.name, info.name, "stage", 1, make, CPP_MS.get(info.key)))
+            continue
+        for threads in sorted({1, cores}):
+            make = partial(
+                lambda max_batch, module, threads: module.ResNet50(store, max_batch=max_batch, threads=threads),
+                module=module,
+                threads=threads,
+            )
+            cpp = CPP_MS.get(info.key) if threads == cores else None  # the C++ rung ran on every core
+            out.append(Entry(f"{info.name}@{threads}", info.name, "stage", threads, make, cpp))
     return out
+
+
+SWEEP_BATCHES = (1, 2, 4, 8, 16)
+
+
+def batch_sweep(entries: list[Entry], images: np.ndarray, judge: np.ndarray, cores: int, repeats: int) -> dict:
+    """Images/s against batch size on every core: the fastest stage, 06 and ONNX Runtime (each judged at
+    every batch). How cost grows with work: a kernel that streams its weights once per batch gains."""
+    at_cores = [e for e in entries if e.ok and e.threads == cores and e.latency_s]
+    stages_ = [e for e in at_cores if e.kind == "stage"]
+    chosen = []
+    if stages_:
+        chosen.append(min(stages_, key=lambda e: float(np.median(e.latency_s))))
+    chosen += [e for e in at_cores if (e.name.startswith("06_") or e.name == f"onnxruntime@{cores}")]
+    chosen = list({e.name: e for e in chosen}.values())  # the fastest stage may be 06
+    series = {}
+    for entry in tqdm(chosen, desc="batch sweep", unit="entry", leave=False, disable=None):
+        rates = []
+        for batch in SWEEP_BATCHES:
+            probe = Entry(entry.name, entry.label, entry.kind, entry.threads, entry.make, latency_s=entry.latency_s)
+            time_throughput(probe, images, judge, batch, 60.0, repeats, MULTI_THREAD_TURNS["pause_s"])
+            rates.append(probe.throughput.get("images_per_s") if probe.ok else None)
+        series[entry.name] = {"label": entry.label, "images_per_s": rates}
+    return {"threads": cores, "batches": list(SWEEP_BATCHES), "series": series}
 
 
 def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None) -> Path:
@@ -114,6 +146,12 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None)
     for entry in tqdm([e for e in entries if e.ok], desc="throughput", unit="entry", leave=False, disable=None):
         pause = MULTI_THREAD_TURNS["pause_s"] if entry.threads > 1 else 0.0
         time_throughput(entry, images, judge, knobs["batch"], knobs["tp_budget_s"], knobs["tp_repeats"], pause)
+    sweep = None
+    if not quick:
+        try:
+            sweep = batch_sweep(entries, images, judge, cores, repeats=3)
+        except Exception as e:  # an extra chart must not cost the run's results
+            say(f"bench: WARNING: the batch sweep failed and is left out ({type(e).__name__}: {e})")
     say("bench: timing pure Python on a slice of one layer ...")
     extrapolation = pure_python.measure()
     contention.check("end")
@@ -140,6 +178,8 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None)
         "extrapolations": [extrapolation],
         "contention": contention.summary(),
     }
+    if sweep:
+        data["batch_sweep"] = sweep
     print(report.table(data))
     if contention.busy:
         # Its numbers are kept, as a file of their own, but not published over a quiet run's.

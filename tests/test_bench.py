@@ -111,3 +111,62 @@ def test_the_profile_legend_shows_the_colours_the_bars_use():
     legend = {t.get_text(): mcolors.to_hex(h.get_facecolor()) for t, h in zip(
         top.get_legend().get_texts(), top.get_legend().legend_handles, strict=True)}  # fmt: skip
     assert legend == profile.OP_COLOURS and bars == {legend["conv 1x1"], legend["conv 3x3"]}
+
+
+def test_the_table_head_says_per_thread_count_the_fastest_stage_against_the_fastest_peer(small_results):
+    lines = report.fastest_lines(small_results)
+    # small_results: 02 at 500 ms and ONNX Runtime at 75 ms on 1 thread; 06 at 80 and ONNX Runtime at 40 on 2
+    assert lines == [
+        "1 thread: 02_vectorized takes 6.67x ONNX Runtime's time (500.0 ms against 75.0 ms)",
+        "2 threads: 06_threads takes 2.00x ONNX Runtime's time (80.0 ms against 40.0 ms)",
+    ]
+
+
+def test_a_threaded_stage_has_a_row_per_thread_count_each_against_peers_at_its_count(small_results):
+    from tests.conftest import entry
+
+    res = json.loads(json.dumps(small_results))
+    res["entries"] = [e for e in res["entries"] if e["name"] != "06_threads"]
+    res["entries"] += [entry("06_threads@1", "stage", 1, 150.0, label="06_threads"),
+                       entry("06_threads@2", "stage", 2, 80.0, label="06_threads", cpp=297)]  # fmt: skip
+    table = report.table(results.validate(res))
+    cells = {
+        r.split("|")[2].strip(): [c.strip() for c in r.strip().strip("|").split("|")]
+        for r in table.splitlines()
+        if r.startswith("| **06_threads**")
+    }
+    assert cells["1"][8] == "2.00x" and cells["1"][9] == ""  # 150 ms against ONNX Runtime's 75 on 1 thread
+    assert cells["2"][8] == "2.00x" and cells["2"][4] == "1.88x"  # 80 against 40 on 2; 150 -> 80 from 1 thread
+    assert cells["2"][9] == "297.0 ms"  # the C++ rung ran on every core: its figure on that row only
+
+
+def test_the_batch_sweep_is_validated_and_drawn(small_results, tmp_path):
+    res = json.loads(json.dumps(small_results))
+    series = {
+        "onnxruntime@2": {"label": "ONNX Runtime", "images_per_s": [25, 27, 28, 28, 29]},
+        "06_threads@2": {"label": "06_threads", "images_per_s": [12, 13, None, 14, 14]},
+    }
+    res["batch_sweep"] = {"threads": 2, "batches": [1, 2, 4, 8, 16], "series": series}
+    results.validate(res)
+    assert chart.main(["--results", str(results.save(res, tmp_path)), "--out", str(tmp_path), "--readme", ""]) == 0
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000
+    res["batch_sweep"]["series"]["06_threads@2"]["images_per_s"] = [1, 2]
+    with pytest.raises(ResultsError, match="batch_sweep"):
+        results.validate(res)
+
+
+def test_the_batch_sweep_times_the_fastest_stage_06_and_onnxruntime(store, sample_batch, judge_logits):
+    from bench.measure import Entry
+    from bench.run import SWEEP_BATCHES, batch_sweep
+    from common.reference import Reference
+
+    images, _ = sample_batch
+    judge = lambda max_batch: Reference(store, max_batch=max_batch)  # noqa: E731  (matches itself)
+    entries = [
+        Entry("05_codegen", "05_codegen", "stage", 1, judge, latency_s=[0.08]),  # 1 thread: not swept
+        Entry("06_threads@2", "06_threads", "stage", 2, judge, latency_s=[0.05]),
+        Entry("onnxruntime@2", "ONNX Runtime", "peer", 2, judge, latency_s=[0.02]),
+    ]
+    sweep = batch_sweep(entries, images, judge_logits, cores=2, repeats=1)
+    assert sweep["batches"] == list(SWEEP_BATCHES) and set(sweep["series"]) == {"06_threads@2", "onnxruntime@2"}
+    assert all(r > 0 for s in sweep["series"].values() for r in s["images_per_s"])

@@ -3,6 +3,8 @@ calibration of the stage's own kind and thread count timed round by round in the
 results/baseline.json; and every speedup a stage's NOTES.md promises, against its predecessor timed
 alternately in the same run. Nothing fails on one measurement (bench/regression.py)."""
 
+import inspect
+import os
 import statistics
 import time
 
@@ -13,18 +15,34 @@ from bench.calibration import Calibration
 from common import stages
 
 STAGES = stages.available()
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 ROUNDS = 7
 SLOW = {"01"}  # the naive stage: one timed run, two when re-measured
 BUSY_RETRIES = 2  # a busy machine is waited for this many times (BUSY_PAUSE_S each) before giving up
 BUSY_PAUSE_S = 5.0
 
 
-def build(info: stages.StageInfo, store):
+def threaded(info: stages.StageInfo) -> bool:
+    return "threads" in inspect.signature(stages.load(info).ResNet50.__init__).parameters
+
+
+def build(info: stages.StageInfo, store, threads: int | None = None):
+    """The stage as the bench runs it: a threaded one at `threads` (default: every core)."""
+    if threaded(info):
+        return stages.load(info).ResNet50(store, threads=threads or CORES)
     return stages.load(info).ResNet50(store)
 
 
+# Every stage at the thread counts the bench uses: a threaded one at 1 thread and on every core.
+CASES = [(s, t) for s in STAGES for t in (sorted({1, CORES}) if threaded(s) else [1])]
+
+
+def case_name(info: stages.StageInfo, threads: int) -> str:
+    return f"{info.name}@{threads}" if threaded(info) else info.name
+
+
 def calibration_for(calibrations: dict, info: stages.StageInfo, model) -> Calibration:
-    threads = getattr(model, "threads", 1)
+    threads = getattr(model, "threads", None) or 1
     kind = regression.calibration_kind(info.key, threads)
     if (kind, threads) not in calibrations:
         calibrations[kind, threads] = Calibration(kind, threads)
@@ -48,11 +66,11 @@ def unless_busy(take, threads: int, m: regression.Measurement | None = None):
     return m
 
 
-@pytest.mark.parametrize("info", STAGES, ids=[s.name for s in STAGES])
-def test_latency(benchmark, info, store, image, calibrations, measured, request):
-    model = build(info, store)
+@pytest.mark.parametrize(("info", "threads"), CASES, ids=[case_name(s, t) for s, t in CASES])
+def test_latency(benchmark, info, threads, store, image, calibrations, measured, request):
+    model = build(info, store, threads)
     model(image)  # compile or load from the cache; warm up
-    threads = getattr(model, "threads", 1)
+    name = case_name(info, threads)
     calibration = calibration_for(calibrations, info, model)
     rounds = 1 if info.key in SLOW else ROUNDS
 
@@ -67,24 +85,24 @@ def test_latency(benchmark, info, store, image, calibrations, measured, request)
         readings.append(calibration())
         return (image,), {}
 
-    measured[info.name] = None  # measured, if not judged: a busy machine skips it below
+    measured[name] = None  # measured, if not judged: a busy machine skips it below
     benchmark.pedantic(model, setup=calibrate, rounds=rounds, iterations=1)
     first = regression.Measurement(calibration.kind, list(benchmark.stats.stats.data), readings[-rounds:])
     first = unless_busy(take, threads, first)
-    measured[info.name] = first
+    measured[name] = first
     benchmark.extra_info.update(
         ratio=round(first.ratio, 4), calibration=first.calibration, calibration_ms=round(1e3 * first.calibration_s, 4)
     )
     if request.config.getoption("--write-baseline"):
         return
     baseline = request.getfixturevalue("baseline")
-    known = {info.name: baseline.ratios[info.name]} if info.name in baseline.ratios else {}
-    (finding,) = regression.compare({info.name: first.ratio}, known, baseline.tolerance)
+    known = {name: baseline.ratios[name]} if name in baseline.ratios else {}
+    (finding,) = regression.compare({name: first.ratio}, known, baseline.tolerance)
 
     def again() -> regression.Finding:
         m = unless_busy(lambda: take(2 * rounds), threads)
-        measured[info.name] = m
-        return regression.compare({info.name: m.ratio}, known, baseline.tolerance)[0]
+        measured[name] = m
+        return regression.compare({name: m.ratio}, known, baseline.tolerance)[0]
 
     finding = regression.judged(finding, again)
     regression.REPORT.append(finding.message)
@@ -116,7 +134,7 @@ def alternate(before, after, image, rounds: int, calibration: Calibration | None
 def test_promised_speedup(info, promise, store, image, calibrations):
     """The stage against its predecessor, alternately, in this run: the median of the pairwise speedups."""
     before, after = build(stages.find(promise.predecessor), store), build(info, store)
-    threads = getattr(after, "threads", 1)
+    threads = getattr(after, "threads", None) or 1
     if threads > 1 and regression.calibration_kind(info.key, threads) != "threads":
         pytest.fail("a threaded stage must be calibrated on its threads", pytrace=False)
     calibration = calibration_for(calibrations, info, after) if threads > 1 else None
