@@ -16,6 +16,11 @@ import numpy as np
 from numba import njit, prange
 from threadpoolctl import threadpool_limits
 
+from common import jit_cache
+from common.paths import ROOT
+
+jit_cache.install(ROOT)  # these kernels are cached beside this file: checksummed like every stage's
+
 # Below this, N threads ran the per-thread work more than a third slower than one thread did: another
 # process holds a core (measured on Zen 5, 2 cores: 0.96-1.0 quiet, 0.24-0.55 with one busy loop beside it).
 BUSY_EFFICIENCY = 0.75

@@ -14,6 +14,11 @@ import numpy as np
 from numba import njit, prange
 from threadpoolctl import threadpool_limits
 
+from common import jit_cache
+from common.paths import ROOT
+
+jit_cache.install(ROOT)  # these kernels are cached beside this file: checksummed like every stage's
+
 N = 2048
 FLOPS = 2 * N**3
 CHAINS = 256  # floats updated per pass: 16 zmm registers of 16 (32 ymm of 8), all independent

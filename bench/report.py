@@ -63,6 +63,12 @@ def fmt_ms(ms: float) -> str:
     return f"{ms:,.1f} ms" if ms >= 10 else f"{ms:.2f} ms"
 
 
+def rate(entry: dict) -> tuple[str, str]:
+    """(GFLOP/s, % of peak) as the table shows them; an effective rate (fewer multiplications) is marked."""
+    mark = " (effective)" if entry.get("effective") else ""
+    return f"{entry['gflops']:.1f}{mark}", f"{100 * entry['peak_fraction']:.1f}%{mark}"
+
+
 def fmt_x(ratio: float | None) -> str:
     return "" if ratio is None else f"{ratio:,.1f}x" if ratio >= 10 else f"{ratio:.2f}x"
 
@@ -89,7 +95,7 @@ def table(results: dict) -> str:
             f"| **{md(e['label'])}** | {e['threads']} | {fmt_ms(median(e))} "
             f"| {fmt_x(median(first) / median(e)) if first else ''} "
             f"| {fmt_x(median(previous) / median(e)) if previous else ''} "
-            f"| {throughput(e)} ({batch}) | {e['gflops']:.1f} | {100 * e['peak_fraction']:.1f}% "
+            f"| {throughput(e)} ({batch}) | {' | '.join(rate(e))} "
             f"| {fmt_x(vs_ref)} | {fmt_ms(e['cpp_ms']) if e.get('cpp_ms') else ''} |"
         )
         previous = e

@@ -23,6 +23,8 @@ A results file is one JSON object:
         throughput    {"batch", "images_per_s", "samples_s"} or {"batch", "skipped": reason}
         gflops        flops_per_image / median latency
         peak_fraction gflops / the FMA peak at the same thread count
+        effective     (stages) true when gflops is an effective rate: direct-conv FLOPs / time of a stage
+                      that multiplies less (Winograd); marked so in tables and charts
         cpp_ms        the C++ original's published latency for the same rung (another machine), stages only
     extrapolations    [{"name", "what", "mflops", "latency_s", ...}]: lines that were not run end to end
     batch_sweep   (full runs) {"threads", "batches", "series": {entry name: {"label", "images_per_s"}}}

@@ -39,7 +39,7 @@ STAGES = stages.available()
 
 
 def stage_params():
-    """One pytest param per stage folder, the slow naive stage marked."""
+    """One pytest param per stage folder, the slow naive stage marked (see also test_stages_vs_judge)."""
     return [pytest.param(s, id=s.name, marks=[pytest.mark.slow] if s.key == "01" else []) for s in STAGES]
 
 

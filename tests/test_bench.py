@@ -170,3 +170,13 @@ def test_the_batch_sweep_times_the_fastest_stage_06_and_onnxruntime(store, sampl
     sweep = batch_sweep(entries, images, judge_logits, cores=2, repeats=1)
     assert sweep["batches"] == list(SWEEP_BATCHES) and set(sweep["series"]) == {"06_threads@2", "onnxruntime@2"}
     assert all(r > 0 for s in sweep["series"].values() for r in s["images_per_s"])
+
+
+def test_an_effective_rate_is_marked_wherever_it_is_shown(small_results, tmp_path):
+    res = json.loads(json.dumps(small_results))
+    row = next(e for e in res["entries"] if e["name"] == "06_threads")
+    row.update(effective=True, gflops=600.0, peak_fraction=3.0)  # Winograd may pass the FMA peak
+    line = next(r for r in report.table(res).splitlines() if r.startswith("| **06_threads**"))
+    assert "600.0 (effective) | 300.0% (effective)" in line
+    assert "(effective)" not in next(r for r in report.table(res).splitlines() if r.startswith("| **02_"))
+    assert chart.main(["--results", str(results.save(res, tmp_path)), "--out", str(tmp_path), "--readme", ""]) == 0

@@ -11,7 +11,11 @@ from tests.conftest import stage_params
 
 @pytest.mark.parametrize("stage", stage_params())
 def test_stage_matches_judge_on_every_sample_image(stage, store, sample_batch, judge_logits):
+    """The naive stage (about 6-10 s an image) on one image: every other stage covers every image, and the
+    bench judges 01 on each image it times."""
     batch, paths = sample_batch
+    if stage.key == "01":
+        batch, paths, judge_logits = batch[:1], paths[:1], judge_logits[:1]
     model = stages.load(stage).ResNet50(store, max_batch=len(batch))
     logits = model(batch)
     assert logits.shape == (len(batch), 1000) and logits.dtype == np.float32
