@@ -10,7 +10,6 @@ overview.png    the first four together, for the README
 """
 
 import argparse
-import itertools
 import os
 import signal
 import sys
@@ -85,10 +84,11 @@ def speedup(ax, res: dict) -> None:
     first = report.median(stages[0])
     labels = [name(s) for s in stages]
     vs_first = [first / report.median(s) for s in stages]
-    vs_prev = [1.0] + [report.median(a) / report.median(b) for a, b in itertools.pairwise(stages)]
+    before = [report.previous_rung(stages, i) for i in range(len(stages))]
+    vs_prev = [report.median(b) / report.median(s) if b else 1.0 for b, s in zip(before, stages, strict=True)]
     x = range(len(stages))
     ax.bar([i - 0.2 for i in x], vs_first, width=0.4, color=STAGE_1, label=f"vs {stages[0]['label']}")
-    ax.bar([i + 0.2 for i in x], vs_prev, width=0.4, color="#ff7f0e", label="vs the stage before")
+    ax.bar([i + 0.2 for i in x], vs_prev, width=0.4, color="#ff7f0e", label="vs the stage before (same threads)")
     for i in x:
         ax.text(
             i - 0.2,

@@ -30,6 +30,14 @@ def stage_rows(results: dict) -> list[dict]:
     return [e for e in ok_entries(results) if e["kind"] == "stage"]
 
 
+def previous_rung(rows: list[dict], i: int) -> dict | None:
+    """The row stage row i is compared with: the stage before it at the same thread count, or, for the
+    first stage at a thread count (06 on 2), the stage before it on one thread (the threads rung's gain)."""
+    earlier = [r for r in rows[:i] if r["label"] != rows[i]["label"]]
+    same = [r for r in earlier if r["threads"] == rows[i]["threads"]]
+    return (same or [r for r in earlier if r["threads"] == 1] or [None])[-1]
+
+
 def fastest_lines(results: dict) -> list[str]:
     """Per thread count, the fastest stage against the fastest peer: where the ladder stands."""
     lines = []
@@ -86,8 +94,8 @@ def table(results: dict) -> str:
         "| time / ONNX Runtime's | C++ original |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    previous = None
-    for e in stages:
+    for i, e in enumerate(stages):
+        previous = previous_rung(stages, i)
         ref = reference_at(results, e["threads"])
         vs_ref = median(e) / median(ref) if ref else None
         batch = (e.get("throughput") or {}).get("batch", "")
@@ -98,7 +106,6 @@ def table(results: dict) -> str:
             f"| {throughput(e)} ({batch}) | {' | '.join(rate(e))} "
             f"| {fmt_x(vs_ref)} | {fmt_ms(e['cpp_ms']) if e.get('cpp_ms') else ''} |"
         )
-        previous = e
     for e in ok_entries(results):
         if e["kind"] != "peer":
             continue

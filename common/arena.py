@@ -45,6 +45,11 @@ def pack_weights(weights, align: bool = True, conv_layout=None) -> tuple[np.ndar
     for c in spec.CONVS:
         w = arrays[c.weight]
         arrays[c.weight] = channels_last(w) if conv_layout is None else conv_layout(c, w)
+    return pack_arrays(arrays, align)
+
+
+def pack_arrays(arrays: dict[str, np.ndarray], align: bool = True) -> tuple[np.ndarray, dict[str, int]]:
+    """Named arrays in one flat float32 array, each starting on a cache line; the offset of each by name."""
     offsets, total = {}, 0
     for name, a in arrays.items():
         offsets[name] = total
@@ -55,25 +60,34 @@ def pack_weights(weights, align: bool = True, conv_layout=None) -> tuple[np.ndar
     return params, offsets
 
 
-def plan_arena(max_batch: int, align: bool = True, reuse: bool = True) -> tuple[dict[str, int], int]:
+def plan_arena(
+    max_batch: int, align: bool = True, reuse: bool = True, floats: dict[str, int] | None = None, private=()
+) -> tuple[dict[str, int], int]:
     """A place in one arena for every tensor of the forward pass, reusing a place once its tensor is dead.
 
     Tensors are placed in the order they are made. A place is free for step i's output when the last step
     that reads its current tensor comes before i. Each place is as large as the largest tensor it holds.
-    Returns the offset of every tensor (for max_batch images) and the arena's size in floats.
+    `floats` overrides a tensor's size per image (a stage with another layout); a `private` tensor gets a
+    place of its own that no other tensor uses (what it holds beyond its own writes, e.g. a zero border,
+    stays as it was). Returns the offset of every tensor (for max_batch images) and the arena's size.
     """
-    sizes = {spec.INPUT: max_batch * aligned(spec.IN_CHANNELS * spec.IMAGE_SIZE**2, align)}
+    floats = floats or {}
+    sizes = {spec.INPUT: max_batch * aligned(floats.get(spec.INPUT, spec.IN_CHANNELS * spec.IMAGE_SIZE**2), align)}
     last_read = {}
     for i, step in enumerate(spec.STEPS):
-        sizes[step.dst] = max_batch * aligned(math.prod(step.shape), align)
+        sizes[step.dst] = max_batch * aligned(floats.get(step.dst, math.prod(step.shape)), align)
         last_read[step.src] = i
         if step.residual:
             last_read[step.residual] = i
     places: list[list] = []  # [size, tensor in it]
     where: dict[str, int] = {}
     for i, tensor in enumerate(sizes):  # the input, then each step's output in execution order
-        free = [j for j, (_, holder) in enumerate(places) if last_read.get(holder, len(spec.STEPS)) < i - 1]
-        if free and reuse:
+        free = [
+            j
+            for j, (_, holder) in enumerate(places)
+            if last_read.get(holder, len(spec.STEPS)) < i - 1 and holder not in private
+        ]
+        if free and reuse and tensor not in private:
             j = max(free, key=lambda j: places[j][0])
             places[j] = [max(places[j][0], sizes[tensor]), tensor]
         else:

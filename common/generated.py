@@ -9,6 +9,7 @@ import the source from the private cache (common.codegen_cache), and offer the s
                                             b, first, last)` running steps first..last-1
     conv_weights(conv, w) -> array           the layout of one conv's weights in the pool (default: 04's)
     scratch_floats() -> int                  the scratch buffer's size
+and may supply pack(weights) (the whole pool), tensor_floats() and private() (the arena's plan).
 
 The helpers below keep the generated code reading like code a person wrote: no `i * 1`, no `+ 0`.
 """
@@ -86,8 +87,8 @@ class GeneratedResNet50:
         max_batch = check_max_batch(max_batch)
         if threads is not None:
             self.threads = check_threads(threads, numba.config.NUMBA_NUM_THREADS)
-        self.params, weight_at = pack_weights(weights, conv_layout=self.conv_weights)
-        self.tensor_at, arena_size = plan_arena(max_batch)
+        self.params, weight_at = self.pack(weights)
+        self.tensor_at, arena_size = plan_arena(max_batch, floats=self.tensor_floats(), private=self.private())
         self.arena = aligned_zeros(arena_size)
         self.scratch = aligned_zeros(self.scratch_floats())
         per_image = {tensor: at // max_batch for tensor, at in self.tensor_at.items()}
@@ -103,6 +104,19 @@ class GeneratedResNet50:
 
     def conv_weights(self, conv: spec.Conv, w: np.ndarray) -> np.ndarray:
         return channels_last(w)
+
+    def pack(self, weights) -> tuple[np.ndarray, dict[str, int]]:
+        """The weight pool and each tensor's offset in it (default: every stored tensor, convs laid out by
+        `conv_weights`)."""
+        return pack_weights(weights, conv_layout=self.conv_weights)
+
+    def tensor_floats(self) -> dict[str, int] | None:
+        """Floats per image of each activation, where a stage's layout needs more than C*H*W (None: none)."""
+        return None
+
+    def private(self) -> set[str]:
+        """Activations that need a place of their own in the arena (e.g. a zero border that must stay)."""
+        return set()
 
     def scratch_floats(self) -> int:
         raise NotImplementedError

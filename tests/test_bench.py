@@ -136,7 +136,8 @@ def test_a_threaded_stage_has_a_row_per_thread_count_each_against_peers_at_its_c
         if r.startswith("| **06_threads**")
     }
     assert cells["1"][8] == "2.00x" and cells["1"][9] == ""  # 150 ms against ONNX Runtime's 75 on 1 thread
-    assert cells["2"][8] == "2.00x" and cells["2"][4] == "1.88x"  # 80 against 40 on 2; 150 -> 80 from 1 thread
+    assert cells["2"][8] == "2.00x" and cells["2"][4] == "6.25x"  # 80 against 40; vs 02, the rung before on 1 thread
+    assert cells["1"][4] == "3.33x"  # 06 on 1 thread against 02 (500 ms): the stage before at its thread count
     assert cells["2"][9] == "297.0 ms"  # the C++ rung ran on every core: its figure on that row only
 
 
@@ -180,3 +181,21 @@ def test_an_effective_rate_is_marked_wherever_it_is_shown(small_results, tmp_pat
     assert "600.0 (effective) | 300.0% (effective)" in line
     assert "(effective)" not in next(r for r in report.table(res).splitlines() if r.startswith("| **02_"))
     assert chart.main(["--results", str(results.save(res, tmp_path)), "--out", str(tmp_path), "--readme", ""]) == 0
+
+
+def test_each_rung_is_compared_with_the_rung_before_at_its_own_thread_count():
+    rows = [
+        {"label": "05_codegen", "threads": 1},
+        {"label": "06_threads", "threads": 1},
+        {"label": "06_threads", "threads": 2},
+        {"label": "07_fused", "threads": 1},
+        {"label": "07_fused", "threads": 2},
+    ]
+    before = [report.previous_rung(rows, i) for i in range(len(rows))]
+    assert [b and (b["label"], b["threads"]) for b in before] == [
+        None,
+        ("05_codegen", 1),
+        ("05_codegen", 1),  # the first 2-thread row: the threads rung against its 1-thread predecessor
+        ("06_threads", 1),
+        ("06_threads", 2),
+    ]

@@ -1,0 +1,320 @@
+"""Stage 07, fused: each activation is written once, finished, in the layout its reader wants.
+
+One change from 06: nothing is done to an activation after the conv that makes it. BatchNorm is folded
+into the conv's weights and a bias at construction; every activation lives channels-last in the arena,
+with the zero border its reader's padding needs (in a place of its own, so the border stays zero), so no
+conv copies or transposes its input; the conv's store is its epilogue: + bias, + the residual, ReLU,
+written straight into the reader's buffer. Max pool reads and writes the same layout; the image is
+converted once, at the entry. Each conv is one parallel region (its blocks of output channels).
+
+The forward pass walks `spec.STEPS` (conv1, maxpool, 16 bottlenecks, avgpool, fc): each step reads one
+named tensor and writes one; a bottleneck's last conv adds the block's input (the residual) before its ReLU.
+"""
+
+import inspect
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from common import spec
+from common.arena import channels_last, pack_arrays
+from common.generated import GeneratedResNet50, activation, arena_view, local, plus, pool_view, times
+from common.inputs import SHAPE
+
+BLOCK = 8  # output channels per pass of a conv kernel: each input vector loaded feeds BLOCK dot products
+VECTOR = 16  # floats in one AVX-512 register
+
+
+def conv_name(c: spec.Conv) -> str:
+    return f"conv_{c.cin}x{c.h_in}x{c.w_in}_to_{c.cout}_k{c.kernel}_s{c.stride}"
+
+
+def dot_length(c: spec.Conv, whole_vectors: bool = True) -> int:
+    """One dot product: k taps x cin channels, rounded up to whole vectors.
+
+    conv1 has 3 channels: 7 x 3 = 21 floats, one vector and a scalar tail. Padded to 32 with zero
+    weights (once, in the pool), it is two vectors and no tail; the 11 extra inputs read are multiplied
+    by zero (the image's rows are stored wide enough).
+    """
+    length = c.kernel * c.cin
+    return -(-length // VECTOR) * VECTOR if whole_vectors else length
+
+
+def readers(tensor: str) -> list[spec.Step]:
+    return [step for step in spec.STEPS if step.src == tensor]
+
+
+def border(tensor: str) -> int:
+    """The zero border a tensor is stored with: the padding of the conv or pool that reads it."""
+    pads = [r.conv.pad if r.conv else spec.MAXPOOL[2] if r.op == "maxpool" else 0 for r in readers(tensor)]
+    return max(pads, default=0)
+
+
+def layout(tensor: str) -> tuple[int, int]:
+    """(rows, floats per row) of a channels-last activation with its border; a row is wide enough for
+    the last dot product of every conv that reads it."""
+    c, h, w = SHAPE if tensor == spec.INPUT else spec.STEP_BY_NAME[tensor].shape
+    edge = border(tensor)
+    width = (w + 2 * edge) * c
+    for r in readers(tensor):
+        if r.conv:
+            width = max(width, (r.conv.w_out - 1) * r.conv.stride * c + dot_length(r.conv))
+    return h + 2 * edge, width
+
+
+def kernel_name(step: spec.Step) -> str:
+    c = step.conv
+    epilogue = ("_add" if step.residual else "") + ("_relu" if step.relu else "")
+    return f"{conv_name(c)}{epilogue}" + (f"_pad{border(step.dst)}" if border(step.dst) else "")
+
+
+def channel_loop(step: spec.Step, first: int, last: int, block: int) -> list[str]:
+    """Output channels first..last-1, `block` at a time, each finished in the store: + bias (BatchNorm,
+    folded), + the residual, ReLU, into the reader's padded layout."""
+    c = step.conv
+    assert not step.residual or border(step.residual) == 0, "a residual is read without a border"
+    cin, cout, stride, length = c.cin, c.cout, c.stride, dot_length(c)
+    shift = border(step.src) - c.pad  # where the kernel's window starts in the stored input
+    edge = border(step.dst)
+    blocks = (last - first) // block
+    co = "co" if blocks > 1 else str(first)  # the block's first output channel
+    kh = "kh" if c.kernel > 1 else "0"
+    row = times(plus(times("ow", stride), shift), cin)
+    tap = [
+        f"xs = x[n, {plus(times('oh', stride), kh, shift)}, {row} : {plus(row, length)}]",
+        *[f"w{v} = w[{plus(co, v)}, {kh}]" for v in range(block)],
+        f"for j in range({length}):",
+        "    xj = xs[j]",
+        *[f"    a{v} += w{v}[j] * xj" for v in range(block)],
+    ]
+    store = []
+    for v in range(block):
+        value = f"a{v} + bias[{plus(co, v)}]"
+        if step.residual:
+            value += f" + res[n, oh, {plus(times('ow', cout), co, v)}]"
+        if step.relu:
+            value = f"max({value}, np.float32(0.0))"
+        store.append(f"y[n, {plus('oh', edge)}, {plus(times(plus('ow', edge), cout), co, v)}] = {value}")
+    pixel = [
+        *[f"a{v} = np.float32(0.0)" for v in range(block)],
+        *([f"for kh in range({c.kernel}):", *["    " + t for t in tap]] if c.kernel > 1 else tap),
+        *store,
+    ]
+    body = [
+        f"for oh in range({c.h_out}):",
+        f"    for ow in range({c.w_out}):",
+        *["        " + p for p in pixel],
+    ]
+    if blocks == 1:
+        return ["        " + b for b in body]
+    first_channel = f"co = {plus(first, times('b', block))}"
+    across = f"        for b in prange({blocks}):  # blocks of output channels, across threads"
+    return [across, *["            " + b for b in [first_channel, *body]]]
+
+
+def conv_source(step: spec.Step, layers: list[str], block: int = BLOCK) -> str:
+    """The kernel for every conv step of this shape and epilogue: x and y channels-last as stored
+    (n, rows, floats per row), w (CO, K, K*C padded) with BatchNorm folded in, bias (CO,)."""
+    c = step.conv
+    res = ", res" if step.residual else ""
+    out = [
+        "@njit(cache=True, fastmath=True, parallel=True)",
+        f"def {kernel_name(step)}(x, w, bias, y{res}):",
+        f'    """{c.cin}x{c.h_in}x{c.w_in} -> {c.cout}x{c.h_out}x{c.w_out}, {c.kernel}x{c.kernel} conv, '
+        f'stride {c.stride}, padding {c.pad}; BatchNorm folded{", + residual" if res else ""}'
+        f'{", ReLU" if step.relu else ""}{f", stored with a border of {border(step.dst)}" if border(step.dst) else ""}'
+        f': {", ".join(layers)}."""',
+        "    for n in range(x.shape[0]):",
+    ]
+    whole = c.cout - c.cout % block
+    if whole:
+        out += channel_loop(step, 0, whole, block)
+    if whole < c.cout:  # channels left over after the blocks, one at a time
+        out += channel_loop(step, whole, c.cout, 1)
+    return "\n".join(out) + "\n"
+
+
+def entry_source() -> str:
+    """The image, NCHW as given, into its stored layout: channels-last with conv1's zero border."""
+    c, h, w = SHAPE
+    edge = border(spec.INPUT)
+    return "\n".join(
+        [
+            "@njit(cache=True, parallel=True)",
+            "def image_to_channels_last(x, y):",
+            f'    """The one copy of the forward pass: (n, {c}, {h}, {w}) -> channels-last, zero border {edge}."""',
+            "    for n in range(x.shape[0]):",
+            f"        for i in prange({h}):  # rows, across threads",
+            f"            for j in range({w}):",
+            f"                for c in range({c}):",
+            f"                    y[n, {plus('i', edge)}, {plus(times(plus('j', edge), c), 'c')}] = x[n, c, i, j]",
+        ]
+    ) + "\n"
+
+
+def maxpool_source(step: spec.Step) -> str:
+    """Max pool on the stored layout. Its input is a ReLU output (every value >= 0) with a zero border as
+    wide as the pool's padding, so the border can stand for the padding: a zero never beats a real value."""
+    k, stride, pad = spec.MAXPOOL
+    c, h, w = step.shape
+    assert border(step.src) == pad and border(step.dst) == 0
+    return "\n".join(
+        [
+            "@njit(cache=True, parallel=True)",
+            f"def maxpool_{c}x{h * stride}x{w * stride}(x, y):",
+            f'    """{k}x{k} max pool, stride {stride}, padding {pad} (the stored zero border), channels-last."""',
+            "    for n in range(x.shape[0]):",
+            f"        for oh in prange({h}):  # rows, across threads",
+            f"            for ow in range({w}):",
+            f"                for ch in range({c}):",
+            f"                    best = x[n, {times('oh', stride)}, {plus(times(times('ow', stride), c), 'ch')}]",
+            f"                    for kh in range({k}):",
+            f"                        for kw in range({k}):",
+            f"                            best = max(best, x[n, {plus(times('oh', stride), 'kh')}, "
+            f"{plus(times(plus(times('ow', stride), 'kw'), c), 'ch')}])",
+            f"                    y[n, oh, {plus(times('ow', c), 'ch')}] = best",
+        ]
+    ) + "\n"
+
+
+def avgpool_source(step: spec.Step) -> str:
+    c, h, w = spec.STEP_BY_NAME[step.src].shape
+    return "\n".join(
+        [
+            "@njit(cache=True, parallel=True)",
+            f"def avgpool_{c}x{h}x{w}(x, y):",
+            f'    """Mean over the {h}x{w} pixels of each channel, channels-last in, (n, {c}) out."""',
+            "    for n in range(x.shape[0]):",
+            f"        for ch in prange({c}):  # channels, across threads",
+            "            acc = np.float32(0.0)",
+            f"            for i in range({h}):",
+            f"                for j in range({w}):",
+            f"                    acc += x[n, i, {plus(times('j', c), 'ch')}]",
+            f"            y[n, ch] = acc / np.float32({h * w})",
+        ]
+    ) + "\n"
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def fc(x, w, b, y):
+    n_img, cin = x.shape
+    cout = w.shape[0]
+    for n in range(n_img):
+        for o in prange(cout):
+            acc = np.float32(0.0)
+            for i in range(cin):
+                acc += x[n, i] * w[o, i]
+            y[n, o] = acc + b[o]
+
+
+def bias_name(c: spec.Conv) -> str:
+    return f"{c.name}.bias"
+
+
+def forward_source(tensor_at: dict[str, int], weight_at: dict[str, int]) -> str:
+    """The forward pass as straight-line code: every tensor a named view at a literal offset (per image;
+    `b` is the arena's capacity in images, `n` this call's), then the steps: one kernel call each."""
+    views = ["    # Activations: views of the arena, channels-last with their readers' borders."]
+    views += [arena_view(spec.INPUT, tensor_at[spec.INPUT], layout(spec.INPUT))]
+    for step in spec.STEPS:
+        shape = step.shape if step.op in ("avgpool", "fc") else layout(step.dst)
+        views.append(arena_view(step.dst, tensor_at[step.dst], shape))
+    views.append("    # Weights: views of the pool (BatchNorm folded into each conv's weights and bias).")
+    steps = []
+    for i, step in enumerate(spec.STEPS):
+        src, dst = activation(step.src), activation(step.dst)
+        steps.append(f"    if first <= {i} < last:  # {step.name}")
+        if i == 0:
+            steps.append(f"        image_to_channels_last(x, {src})")
+        if step.op == "conv":
+            c = step.conv
+            views.append(pool_view(c.weight, weight_at[c.weight], (c.cout, c.kernel, dot_length(c))))
+            views.append(pool_view(bias_name(c), weight_at[bias_name(c)], (c.cout,)))
+            res = f", {activation(step.residual)}" if step.residual else ""
+            steps.append(f"        {kernel_name(step)}({src}, {local(c.weight)}, {local(bias_name(c))}, {dst}{res})")
+        elif step.op == "maxpool":
+            c, h, w = step.shape
+            steps.append(f"        maxpool_{c}x{h * 2}x{w * 2}({src}, {dst})")
+        elif step.op == "avgpool":
+            c, h, w = spec.STEP_BY_NAME[step.src].shape
+            steps.append(f"        avgpool_{c}x{h}x{w}({src}, {dst})")
+        else:
+            views.append(pool_view("fc.weight", weight_at["fc.weight"], (spec.NUM_CLASSES, spec.FC_IN)))
+            views.append(pool_view("fc.bias", weight_at["fc.bias"], (spec.NUM_CLASSES,)))
+            steps.append(f"        fc({src}, fc_weight, fc_bias, {dst})")
+    head = [
+        "@njit(cache=True)",
+        "def forward(x, params, arena, scratch, b, first, last):",
+        '    """Steps first..last-1 of ResNet-50 on x (n images); the arena holds b images per tensor."""',
+        "    n = x.shape[0]",
+    ]
+    return "\n".join(head + views + steps) + "\n"
+
+
+def generate(tensor_at: dict[str, int], weight_at: dict[str, int], block: int = BLOCK) -> str:
+    """The whole generated module: the entry, one kernel per distinct conv shape and epilogue, the pools,
+    the classifier, the forward pass."""
+    kernels: dict[str, list[spec.Step]] = {}
+    for step in spec.STEPS:
+        if step.conv:
+            kernels.setdefault(kernel_name(step), []).append(step)
+    pools = [s for s in spec.STEPS if s.op in ("maxpool", "avgpool")]
+    parts = [
+        "import numpy as np\nfrom numba import njit, prange\n",
+        entry_source(),
+        *(conv_source(steps[0], [s.name for s in steps], block) for steps in kernels.values()),
+        *(maxpool_source(s) if s.op == "maxpool" else avgpool_source(s) for s in pools),
+        inspect.getsource(fc.py_func),
+        forward_source(tensor_at, weight_at),
+    ]
+    return "\n\n".join(parts)
+
+
+def fold(w: np.ndarray, gamma, beta, mean, var) -> tuple[np.ndarray, np.ndarray]:
+    """BatchNorm after a conv, as the conv's own weights and bias (in float64, then float32):
+    bn(conv(x, w)) = gamma * (conv(x, w) - mean) / sqrt(var + eps) + beta = conv(x, w * s) + (beta - mean * s)
+    with s = gamma / sqrt(var + eps), one per output channel."""
+    s = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + spec.BN_EPS)
+    folded = w.astype(np.float64) * s[:, None, None, None]
+    bias = beta.astype(np.float64) - mean.astype(np.float64) * s
+    return folded.astype(np.float32), bias.astype(np.float32)
+
+
+class ResNet50(GeneratedResNet50):
+    def __init__(self, weights, max_batch: int = 1, threads: int | None = None, **switches) -> None:
+        self.switches = {"block": BLOCK, **switches}
+        super().__init__(weights, max_batch, numba.config.NUMBA_NUM_THREADS if threads is None else threads)
+
+    def generate(self, tensor_at: dict[str, int], weight_at: dict[str, int]) -> str:
+        return generate(tensor_at, weight_at, **self.switches)
+
+    def pack(self, weights) -> tuple[np.ndarray, dict[str, int]]:
+        """Each conv's weights with its BatchNorm folded in, as channels-last kernel rows padded to whole
+        vectors, and its bias; the classifier. The BatchNorm tensors themselves are not needed any more."""
+        arrays = {}
+        for c in spec.CONVS:
+            bn = [weights.load(f"{c.bn}.{f}") for f in ("weight", "bias", "running_mean", "running_var")]
+            w, arrays[bias_name(c)] = fold(weights.load(c.weight), *bn)
+            rows = channels_last(w).reshape(c.cout, c.kernel, c.kernel * c.cin)
+            padded = np.zeros((c.cout, c.kernel, dot_length(c)), np.float32)
+            padded[:, :, : rows.shape[2]] = rows
+            arrays[c.weight] = padded
+        arrays["fc.weight"], arrays["fc.bias"] = weights.load("fc.weight"), weights.load("fc.bias")
+        return pack_arrays(arrays)
+
+    def tensor_floats(self) -> dict[str, int]:
+        tensors = [spec.INPUT] + [s.dst for s in spec.STEPS if s.op not in ("avgpool", "fc")]
+        return {t: int(np.prod(layout(t))) for t in tensors}
+
+    def private(self) -> set[str]:
+        """Tensors stored with a zero border (and the image's wide rows) keep a place of their own: no other
+        tensor ever writes there, so what is not the inside stays zero from construction on."""
+        return {t for t, floats in self.tensor_floats().items() if floats > np.prod(self._shape(t))}
+
+    @staticmethod
+    def _shape(tensor: str) -> tuple[int, ...]:
+        return SHAPE if tensor == spec.INPUT else spec.STEP_BY_NAME[tensor].shape
+
+    def scratch_floats(self) -> int:
+        return VECTOR  # nothing is copied any more
