@@ -66,22 +66,22 @@ def _aligned(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _best(fn, *args, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(*args)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def _median(fn, *args, repeats: int = 3) -> float:
+def _times(fn, *args, repeats: int = 3) -> list[float]:
+    """Seconds of `repeats` calls of fn(*args)."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn(*args)
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return times
+
+
+def _best(fn, *args) -> float:
+    return min(_times(fn, *args))
+
+
+def _median(fn, *args) -> float:
+    return float(np.median(_times(fn, *args)))
 
 
 THREADS_REPS = 15_000

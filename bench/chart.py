@@ -222,10 +222,6 @@ def discard(pairs: list[tuple[Path, Path]]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def draw(res: dict, folder: Path) -> list[Path]:
-    return publish(render(res, folder))
-
-
 def save_figure(fig, path: Path, dpi: int = 110) -> tuple[Path, Path]:
     """Into a temporary file of this process beside `path`: (temporary, path). A concurrent run has its own."""
     tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")

@@ -24,6 +24,11 @@ FLAGS_OF_INTEREST = (
 PACKAGES = ("numpy", "numba", "llvmlite", "onnxruntime", "onnx", "torch", "openvino", "threadpoolctl", "matplotlib")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), which can be fewer than the machine has."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_info() -> dict:
     model, flags, family, number = platform.processor() or "unknown", set(), None, None
     try:
@@ -41,7 +46,7 @@ def cpu_info() -> dict:
     except OSError:
         pass
     logical = os.cpu_count() or 1
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical
+    usable = usable_cores()
     return {
         "model": model,
         "family": family,

@@ -8,7 +8,6 @@ results/profile-<stage>-<N>thr.png and .json. GFLOP/s are against the measured F
 """
 
 import argparse
-import inspect
 import json
 import sys
 import time
@@ -50,7 +49,7 @@ def kind(step: spec.Step) -> str:
 def build(stage: str, store: WeightStore, threads: int | None):
     info = stages.find(stage)
     module = stages.load(info)
-    if "threads" in inspect.signature(module.ResNet50.__init__).parameters:
+    if stages.threaded(module):
         import numba
 
         threads = numba.config.NUMBA_NUM_THREADS if threads is None else threads

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.calibration import Calibration, busy
+from bench.calibration import BUSY_EFFICIENCY, Calibration, busy
 from bench.results import write_atomic
 from common.errors import ResultsError
 from common.files import FileRefused, read_regular
@@ -94,7 +94,7 @@ def busy_message(efficiencies: list[float], threads: int) -> str:
     e = statistics.median(efficiencies)
     return (
         f"machine busy: {threads} threads ran the calibration's per-thread work at {e:.0%} of one thread's "
-        f"speed (below {100 * 0.75:.0f}%: another process holds a core); not judged"
+        f"speed (below {BUSY_EFFICIENCY:.0%}: another process holds a core); not judged"
     )
 
 

@@ -8,8 +8,6 @@ table. QUICK=1 (--quick) for a pass of a minute or two; STAGES=01,06 (--stages) 
 """
 
 import argparse
-import inspect
-import os
 import signal
 import sys
 import time
@@ -42,17 +40,13 @@ def say(text: str) -> None:
     tqdm.write(text, file=sys.stderr)
 
 
-def threaded(module) -> bool:
-    return "threads" in inspect.signature(module.ResNet50.__init__).parameters
-
-
 def stage_entries(selected: list[stages.StageInfo], store: WeightStore, cores: int) -> list[Entry]:
     """One entry per stage and thread count: a multi-threaded stage at 1 thread and at every core, so each
     row is compared with the peers at its own thread count."""
     out = []
     for info in selected:
         module = stages.load(info)
-        if not threaded(module):
+        if not stages.threaded(module):
             make = partial(lambda max_batch, module: module.ResNet50(store, max_batch=max_batch), module=module)
             out.append(Entry(info.name, info.name, "stage", 1, make, CPP_MS.get(info.key)))
             continue
@@ -103,7 +97,7 @@ def batch_sweep(entries: list[Entry], images: np.ndarray, judge: np.ndarray, cor
 
 def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None) -> Path:
     knobs = QUICK if quick else FULL
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = machine.usable_cores()
     store = WeightStore()
     paths = sample_images()
     images, used, bad = load_batch(paths)

@@ -44,14 +44,6 @@ def plus(*terms: str | int) -> str:
     return " + ".join(names) or "0"
 
 
-def loop(var: str, count: int, body: list[str], indent: str, start: int = 0, step: int = 1) -> list[str]:
-    """`for var in range(...)` around body, or, for a single pass, body with var set once."""
-    if count == 1:
-        return [f"{indent}{var} = {start}", *body]
-    args = f"{count}" if start == 0 and step == 1 else f"{start}, {start + count * step}, {step}"
-    return [f"{indent}for {var} in range({args}):", *body]
-
-
 def local(name: str) -> str:
     """A weight's name as a Python name: 'layer1.0.bn1.weight' -> 'layer1_0_bn1_weight'."""
     return name.replace(".", "_")

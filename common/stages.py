@@ -1,6 +1,7 @@
 """Finding and loading the stages. Folder names start with digits, so they are imported by path."""
 
 import importlib.util
+import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,3 +65,9 @@ def load(stage: StageInfo | str) -> ModuleType:
         del sys.modules[module_name]
         raise
     return module
+
+
+def threaded(module: ModuleType) -> bool:
+    """A stage whose constructor takes `threads` runs multi-threaded (06 on): it is measured at 1 thread
+    and on every core."""
+    return "threads" in inspect.signature(module.ResNet50.__init__).parameters

@@ -1,5 +1,9 @@
 """Shared fixtures: the weight store, the sample images and the judge's logits for them."""
 
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -20,6 +24,14 @@ def store(tmp_path_factory) -> WeightStore:
         path = tmp_path_factory.mktemp("weights") / "store"
         make_random(path, seed=0)
     return WeightStore(path)
+
+
+@pytest.fixture
+def copy_of(store, tmp_path) -> Path:
+    """A copy of the store (hard links: instant) whose files a test may replace, never edit in place."""
+    dest = tmp_path / "store"
+    shutil.copytree(store.path, dest, copy_function=os.link)
+    return dest
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from common.images import load_image
 from common.paths import IMAGES_DIR
 from common.weights import WeightStore, tensor_file
 from tests.processes import run_python
+from tests.stores import npy_bytes, replace_tensor
 
 CAT = IMAGES_DIR / "cat.png"
 ROCKET = IMAGES_DIR / "rocket.jpg"
@@ -168,37 +169,6 @@ def test_cli_exit_status_is_2_for_a_single_bad_image(store, tmp_path):
 
 
 # ---------------------------------------------------------------- weight stores
-
-
-@pytest.fixture
-def copy_of(store, tmp_path):
-    """A copy of the store (hard links: instant) whose files a test may replace, never edit in place."""
-    dest = tmp_path / "store"
-    shutil.copytree(store.path, dest, copy_function=os.link)
-    return dest
-
-
-def replace_tensor(store_dir: Path, name: str, data: bytes, update_manifest: bool) -> Path:
-    path = tensor_file(store_dir, name)
-    path.unlink()  # a hard link to the real store: unlink, never write through it
-    path.write_bytes(data)
-    if update_manifest:
-        import hashlib
-
-        manifest_path = store_dir / "manifest.json"
-        manifest = json.loads(manifest_path.read_text())
-        manifest["tensors"][name]["sha256"] = hashlib.sha256(data).hexdigest()
-        manifest_path.unlink()
-        manifest_path.write_text(json.dumps(manifest))
-    return path
-
-
-def npy_bytes(array, allow_pickle=False) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=allow_pickle)
-    return buf.getvalue()
 
 
 def store_error(path) -> str:

@@ -2,7 +2,6 @@
 what it did not write, bounds the memory and bytes a small file can cost, passes names to the shell as
 names, refuses numbers that are not results, and reads everything it is given at the boundary."""
 
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from common.paths import IMAGES_DIR, ROOT
 from common.reference import Reference
 from common.weights import WeightStore, normalise_tensors, tensor_file
 from tests.processes import run_python
+from tests.stores import npy_bytes, replace_tensor, write_manifest
 
 CAT = IMAGES_DIR / "cat.png"
 
@@ -138,11 +138,8 @@ def test_a_batch_goes_on_past_odd_shapes_and_special_files(tmp_path):
 
 
 @pytest.mark.parametrize("special", ["fifo", "dev-zero", "huge"])
-def test_a_tensor_file_that_is_not_a_regular_file_of_its_size_is_refused(store, tmp_path, special):
-    dest = tmp_path / "store"
-    dest.mkdir()
-    for p in store.path.iterdir():
-        os.link(p, dest / p.name)
+def test_a_tensor_file_that_is_not_a_regular_file_of_its_size_is_refused(copy_of, special):
+    dest = copy_of
     path = tensor_file(dest, "fc.bias")
     path.unlink()
     if special == "fifo":
@@ -218,22 +215,12 @@ def test_weights_that_make_the_network_undefined_are_refused(store, name, value,
         normalise_tensors(tensors, "test")
 
 
-def test_a_store_with_a_negative_variance_is_refused_at_load(store, tmp_path):
-    dest = tmp_path / "store"
-    dest.mkdir()
-    for p in store.path.iterdir():
-        os.link(p, dest / p.name)
+def test_a_store_with_a_negative_variance_is_refused_at_load(store, copy_of):
     var = store.load("layer1.0.bn2.running_var").copy()
     var[0] = -1.0
-    path = tensor_file(dest, "layer1.0.bn2.running_var")
-    path.unlink()
-    np.save(path, var)
-    manifest = json.loads((dest / "manifest.json").read_text())
-    manifest["tensors"]["layer1.0.bn2.running_var"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (dest / "manifest.json").unlink()
-    (dest / "manifest.json").write_text(json.dumps(manifest))
+    replace_tensor(copy_of, "layer1.0.bn2.running_var", npy_bytes(var), update_manifest=True)
     with pytest.raises(WeightsError, match=r"layer1\.0\.bn2\.running_var holds a negative variance"):
-        WeightStore(dest)
+        WeightStore(copy_of)
 
 
 def test_nan_logits_are_an_error_and_json_never_holds_nan(store, capsys, monkeypatch):
@@ -302,17 +289,12 @@ def test_a_busy_bench_is_saved_apart_and_publishes_nothing(small_results, tmp_pa
     ],
     ids=["shape is a number", "deeply nested"],
 )
-def test_a_malformed_manifest_is_one_line(store, tmp_path, change, why):
-    dest = tmp_path / "store"
-    dest.mkdir()
-    for p in store.path.iterdir():
-        if p.name != "manifest.json":
-            os.link(p, dest / p.name)
+def test_a_malformed_manifest_is_one_line(store, copy_of, change, why):
     manifest = json.loads((store.path / "manifest.json").read_text())
     change(manifest)
-    (dest / "manifest.json").write_text(json.dumps(manifest).replace('"DEEP"', "[" * 100_000 + "]" * 100_000))
+    write_manifest(copy_of, manifest, json.dumps(manifest).replace('"DEEP"', "[" * 100_000 + "]" * 100_000))
     with pytest.raises(WeightsError) as info:
-        WeightStore(dest)
+        WeightStore(copy_of)
     assert why in str(info.value) and "\n" not in str(info.value)
 
 

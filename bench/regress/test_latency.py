@@ -3,19 +3,17 @@ calibration of the stage's own kind and thread count timed round by round in the
 results/baseline.json; and every speedup a stage's NOTES.md promises, against its predecessor timed
 alternately in the same run. Nothing fails on one measurement (bench/regression.py)."""
 
-import inspect
-import os
 import statistics
 import time
 
 import pytest
 
-from bench import regression
+from bench import machine, regression
 from bench.calibration import Calibration
 from common import stages
 
 STAGES = stages.available()
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+CORES = machine.usable_cores()
 ROUNDS = 7
 SLOW = {"01"}  # the naive stage: one timed run, two when re-measured
 BUSY_RETRIES = 2  # a busy machine is waited for this many times (BUSY_PAUSE_S each) before giving up
@@ -23,7 +21,7 @@ BUSY_PAUSE_S = 5.0
 
 
 def threaded(info: stages.StageInfo) -> bool:
-    return "threads" in inspect.signature(stages.load(info).ResNet50.__init__).parameters
+    return stages.threaded(stages.load(info))
 
 
 def build(info: stages.StageInfo, store, threads: int | None = None):

@@ -41,6 +41,11 @@ def dot_length(c: spec.Conv, whole_vectors: bool = True) -> int:
     return -(-length // VECTOR) * VECTOR if whole_vectors else length
 
 
+def chw(tensor: str) -> tuple[int, int, int]:
+    """(channels, height, width) of the image or of a step's output."""
+    return SHAPE if tensor == spec.INPUT else spec.STEP_BY_NAME[tensor].shape
+
+
 def readers(tensor: str) -> list[spec.Step]:
     return [step for step in spec.STEPS if step.src == tensor]
 
@@ -54,7 +59,7 @@ def border(tensor: str) -> int:
 def layout(tensor: str) -> tuple[int, int]:
     """(rows, floats per row) of a channels-last activation with its border; a row is wide enough for
     the last dot product of every conv that reads it."""
-    c, h, w = SHAPE if tensor == spec.INPUT else spec.STEP_BY_NAME[tensor].shape
+    c, h, w = chw(tensor)
     edge = border(tensor)
     width = (w + 2 * edge) * c
     for r in readers(tensor):
@@ -310,11 +315,7 @@ class ResNet50(GeneratedResNet50):
     def private(self) -> set[str]:
         """Tensors stored with a zero border (and the image's wide rows) keep a place of their own: no other
         tensor ever writes there, so what is not the inside stays zero from construction on."""
-        return {t for t, floats in self.tensor_floats().items() if floats > np.prod(self._shape(t))}
-
-    @staticmethod
-    def _shape(tensor: str) -> tuple[int, ...]:
-        return SHAPE if tensor == spec.INPUT else spec.STEP_BY_NAME[tensor].shape
+        return {t for t, floats in self.tensor_floats().items() if floats > np.prod(chw(t))}
 
     def scratch_floats(self) -> int:
         return VECTOR  # nothing is copied any more
