@@ -1,0 +1,662 @@
+"""Stage 09, Winograd: the 3x3 stride-1 convs with fewer multiplications.
+
+One change from 08: the 13 3x3 convs of stride 1 (36.8% of ResNet-50's FLOPs) use Winograd's minimal
+filtering F(4x4, 3x3) (Lavin and Gray, 2016). A 4x4 block of outputs of one (input, output) channel pair
+needs 36 multiplications instead of 144: in the transformed domain a 3x3 conv over a 6x6 input tile is an
+elementwise product, and summed over the input channels it is 36 independent GEMMs, which 08's
+micro-kernel computes. Per such conv: the input tiles are transformed (V = B^T d B, the 6x6 matrices are
+literals in the generated code), the 36 GEMMs multiply them with the weights transformed at construction
+(U = G g G^T), and the output transform (Y = A^T m A) is fused with 08's epilogue: + bias, + residual,
+ReLU, into the reader's buffer. Every other conv is 08's.
+
+The forward pass walks `spec.STEPS` (conv1, maxpool, 16 bottlenecks, avgpool, fc): each step reads one
+named tensor and writes one; a bottleneck's last conv adds the block's input (the residual) before its ReLU.
+"""
+
+import dataclasses
+import inspect
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from common import spec
+from common.arena import channels_last, pack_arrays
+from common.generated import GeneratedResNet50, activation, arena_view, local, plus, pool_view, times
+from common.inputs import SHAPE
+
+PIXELS = 6  # output pixels in a tile: 6 x 4 accumulators + 4 weight vectors + a broadcast fit in 32 registers
+PANEL = 64  # output channels in a tile: 4 AVX-512 vectors of 16 floats
+# fastmath without `reassoc`: FMAs contracted, but LLVM may not reorder the sums, so it leaves the tile's
+# loop alone and its SLP vectorizer packs the tile's scalars into vectors (with reassoc it vectorised
+# the sum with gathers: 10x slower).
+L2_BYTES = 1 << 20  # per core, on the machines measured (AMD Zen 4 and 5: 1 MiB)
+# Winograd F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016), with the
+# interpolation points 0, 1, -1, 2, -2 and infinity: Y = A^T [(G g G^T) * (B^T d B)] A for a 6x6 input tile d,
+# a 3x3 filter g and a 4x4 output tile Y (NOTES.md derives them).
+BT = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0],
+      [0, 4, 0, -5, 0, 1]]  # fmt: skip
+G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+     [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]  # fmt: skip
+AT = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+SCRATCH_BYTES = 4 << 20  # a Winograd conv's transformed tiles and sums per pass (L2 is 1 MiB, L3 32)
+OUT = 4  # outputs per tile side
+POINTS = 6  # inputs per tile side: OUT + 3 - 1
+EFFECTIVE_RATE = True  # the bench counts direct-conv FLOPs over time: a rate that can pass the FMA peak
+FMA_ONLY = {"contract", "nsz", "nnan", "ninf", "arcp"}
+
+
+def conv_name(c: spec.Conv) -> str:
+    return f"conv_{c.cin}x{c.h_in}x{c.w_in}_to_{c.cout}_k{c.kernel}_s{c.stride}"
+
+
+def chw(tensor: str) -> tuple[int, int, int]:
+    """(channels, height, width) of the image or of a step's output."""
+    return SHAPE if tensor == spec.INPUT else spec.STEP_BY_NAME[tensor].shape
+
+
+def readers(tensor: str) -> list[spec.Step]:
+    return [step for step in spec.STEPS if step.src == tensor]
+
+
+def border(tensor: str) -> int:
+    """The zero border a tensor is stored with: the padding of the conv or pool that reads it."""
+    pads = [r.conv.pad if r.conv else spec.MAXPOOL[2] if r.op == "maxpool" else 0 for r in readers(tensor)]
+    return max(pads, default=0)
+
+
+def layout(tensor: str) -> tuple[int, int]:
+    """(rows, floats per row) of a channels-last activation with its border; read by a Winograd conv, with
+    zero rows and columns beyond it up to whole 6x6 tiles (56 -> 14 tiles of 4 reads 58 rows, 14 -> 4
+    tiles reads 18), so no tile is ever cut at the edge."""
+    c, h, w = chw(tensor)
+    edge = border(tensor)
+    rows, cols = h + 2 * edge, w + 2 * edge
+    for r in readers(tensor):
+        if r.conv and is_winograd(r.conv):
+            rows = max(rows, tiles_across(r.conv.h_out) * OUT + 2 * edge)
+            cols = max(cols, tiles_across(r.conv.w_out) * OUT + 2 * edge)
+    return rows, cols * c
+
+
+def is_winograd(c: spec.Conv) -> bool:
+    """3x3 convs of stride 1 with at least 4x4 tiles per image: layer1-3's 11. layer4's two (7x7: 2x2 tiles)
+    are left direct: their transformed weights, 36 x 512 x 512 floats (38 MB), serve 4 tiles per image, so
+    the GEMMs wait on memory (NOTES.md: 1.37 ms against 1.14 direct)."""
+    return c.kernel == 3 and c.stride == 1 and tiles_across(c.h_out) >= 4
+
+
+def tiles_across(outputs: int) -> int:
+    return -(-outputs // OUT)
+
+
+def kernel_name(step: spec.Step) -> str:
+    c = step.conv
+    epilogue = ("_add" if step.residual else "") + ("_relu" if step.relu else "")
+    return f"{conv_name(c)}{epilogue}" + (f"_pad{border(step.dst)}" if border(step.dst) else "")
+
+
+def tile_source(pixels: int = PIXELS) -> str:
+    """The micro-kernel: `pixels` output pixels x one panel of 64 output channels, held in registers
+    (`c{pixel}_{channel}`: 24 AVX-512 vectors once LLVM's SLP vectorizer packs them) for the whole sum.
+    Each step of the sum loads the panel's 64 weights for one input float once (4 vectors) and
+    broadcasts each pixel's input float: pixels x 4 vector FMAs, no horizontal sum.
+
+    x is the stored input, flat; at[0, r] is where pixel r's window starts in it: `taps` runs of `length`
+    floats (a kernel row's taps x input channels, contiguous channels-last), `row` apart, given in
+    window = (taps, row, length); w is the panel, (taps * length, 64). The sums go to acc (pixels, 64),
+    in L1, for the store. (The window is read from an array rather than passed as numbers: given a
+    conv's literals, LLVM would compile a copy of this large function for each conv, minutes in all.)"""
+    channels, rows = range(PANEL), range(pixels)
+    out = [
+        "@njit(cache=True, fastmath=FMA_ONLY)",
+        f"def tile_{pixels}x{PANEL}(x, at, window, w, acc):",
+        "    taps, row, length = window[0], window[1], window[2]",
+        *[f"    a{r} = at[0, {r}]" for r in rows],
+        *[f"    c{r}_{j} = np.float32(0.0)" for r in rows for j in channels],
+        "    k = 0",
+        "    for tap in range(taps):",
+        "        for i in range(length):",
+        *[f"            w{j} = w[k, {j}]" for j in channels],
+    ]
+    for r in rows:
+        out += [f"            x{r} = x[a{r} + i]", *[f"            c{r}_{j} += x{r} * w{j}" for j in channels]]
+    out += ["            k += 1", *[f"        a{r} += row" for r in rows]]
+    out += [f"    acc[{r}, {j}] = c{r}_{j}" for r in rows for j in channels]
+    return "\n".join(out) + "\n"
+
+
+def epilogue(step: spec.Step) -> str:
+    return ("_add" if step.residual else "") + ("_relu" if step.relu else "")
+
+
+def store_name(step: spec.Step, lanes: int = PANEL, pixels: int = PIXELS) -> str:
+    return f"store_{pixels}x{lanes}{epilogue(step)}"
+
+
+def store_source(step: spec.Step, lanes: int = PANEL, pixels: int = PIXELS) -> str:
+    """07's epilogue for one tile: + bias, + the residual, ReLU, the first `lanes` channels of the first m
+    pixels, straight-line so that it too is vector code. at[1, r] is where pixel r's channels go in y,
+    at[2, r] where its residual is."""
+    res = ", res" if step.residual else ""
+    out = [
+        "@njit(cache=True, fastmath=FMA_ONLY)",
+        f"def {store_name(step, lanes, pixels)}(acc, bias, y{res}, at, m):",
+        *[f"    b{j} = bias[{j}]" for j in range(lanes)],
+    ]
+    for r in range(pixels):
+        value = [f"acc[{r}, {j}] + b{j}" + (f" + rr[{j}]" if res else "") for j in range(lanes)]
+        if step.relu:
+            value = [f"max({v}, np.float32(0.0))" for v in value]
+        # Slices, so that every index is a literal (numba adds no negative-index check), and every load
+        # before the first store (LLVM cannot rule out that y overlaps acc): only then does it see 64
+        # loads, sums and stores side by side and make vectors of them.
+        store = [f"yr = y[at[1, {r}] : at[1, {r}] + {lanes}]"]
+        store += [f"rr = res[at[2, {r}] : at[2, {r}] + {lanes}]"] if res else []
+        store += [f"v{j} = {v}" for j, v in enumerate(value)] + [f"yr[{j}] = v{j}" for j in range(lanes)]
+        out += [f"    if m > {r}:", *["        " + t for t in store]] if r else ["    " + t for t in store]
+    return "\n".join(out) + "\n"
+
+
+def tiles_first(c: spec.Conv, order: str = "by size", weights: int | None = None) -> bool:
+    """The order of a conv's items. Tile by tile (each pixel tile through every panel) when all the
+    conv's weights fit in half of L2: a tile's input stays in L1 and each pixel's channels are written
+    in one go. Otherwise panel by panel, so one panel's weights stay in L2 while every tile passes.
+    (`order` "tiles" or "panels" forces one, for `make ablate`.)"""
+    if order != "by size":
+        return order == "tiles"
+    return (c.cout * c.kernel * c.kernel * c.cin * 4 if weights is None else weights) <= L2_BYTES // 2
+
+
+def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order: str = "by size") -> str:
+    """The kernel for every conv step of this shape and epilogue: x and y channels-last as stored
+    (n, rows, floats per row), w in panels (CO / 64, K * K * C, 64) with BatchNorm folded in, bias (CO,).
+
+    The conv is a GEMM: (output pixels of the whole batch) x (K * K * C) times (K * K * C) x CO. Its
+    items are (pixel tile, panel) pairs, cut into one run of consecutive items per thread of numba's
+    pool, so the threads' shares differ by one tile at most whatever the layer's shape (on fewer threads
+    than the pool has, a thread runs several runs)."""
+    c = step.conv
+    res = ", res" if step.residual else ""
+    assert not step.residual or border(step.residual) == 0, "a residual is read without a border"
+    panels = -(-c.cout // PANEL)
+    rows, row = layout(step.src)
+    out_rows, out_row = layout(step.dst)
+    shift = border(step.src) - c.pad  # where the kernel's window starts in the stored input
+    edge = border(step.dst)
+    hw = c.h_out * c.w_out
+    oh, ow = f"(q // {c.w_out})", f"(q % {c.w_out})"
+    where = [
+        f"p = min({plus('first', 'r')}, pixels - 1)  # a short last tile repeats its last pixel",
+        f"img, q = p // {hw}, p % {hw}",
+        f"at[0, r] = img * {rows * row} + {times(plus(times(oh, c.stride), shift), row)}"
+        f" + {times(plus(times(ow, c.stride), shift), c.cin)}",
+        f"at[1, r] = img * {out_rows * out_row} + {times(plus(oh, edge), out_row)}"
+        f" + {times(plus(ow, edge), c.cout)} + co",
+        *([f"at[2, r] = p * {c.cout} + co"] if res else []),
+    ]
+    tile, panel = ("item // {0}", "item % {0}") if tiles_first(c, order) else ("item % tiles", "item // tiles")
+    tile, panel = tile.format(panels), panel.format(panels)
+    args = f"(acc, bias[co : co + {PANEL}], ys{', rs' if res else ''}, at, m)"
+    call = [store_name(step, min(c.cout, PANEL), pixels) + args]
+    if c.cout > PANEL and c.cout % PANEL:
+        call = [f"if co + {PANEL} <= {c.cout}:", "    " + call[0], "else:  # the last panel is short",
+                "    " + store_name(step, c.cout % PANEL, pixels) + args]  # fmt: skip
+    body = [
+        f"first = {tile} * {pixels}",
+        f"co = {panel} * {PANEL}",
+        f"for r in range({pixels}):",
+        *["    " + w for w in where],
+        f"tile_{pixels}x{PANEL}(xs, at, window, w[{panel}], acc)",
+        f"m = min({pixels}, pixels - first)",
+        *call,
+    ]
+    out = [
+        "@njit(cache=True, fastmath=True, parallel=True)",
+        f"def {kernel_name(step)}(x, w, bias, y{res}):",
+        f'    """{c.cin}x{c.h_in}x{c.w_in} -> {c.cout}x{c.h_out}x{c.w_out}, {c.kernel}x{c.kernel} conv, '
+        f'stride {c.stride}, padding {c.pad}; BatchNorm folded{", + residual" if res else ""}'
+        f'{", ReLU" if step.relu else ""}{f", stored with a border of {edge}" if edge else ""}'
+        f': {", ".join(layers)}."""',
+        f"    pixels = x.shape[0] * {hw}  # the GEMM's rows: a batch is more pixels",
+        f"    tiles = (pixels + {pixels - 1}) // {pixels}",
+        f"    items = tiles * {panels}  # {'tile by tile' if tiles_first(c, order) else 'panel by panel'}",
+        f"    parts = min({numba.config.NUMBA_NUM_THREADS}, items)  # numba's threads",
+        "    xs, ys = x.reshape(-1), y.reshape(-1)",
+        *(["    rs = res.reshape(-1)"] if res else []),
+        f"    window = np.array(({c.kernel}, {row}, {c.kernel * c.cin}))  # taps, floats between them, floats in each",
+        "    for part in prange(parts):  # one run of consecutive items per thread",
+        f"        at = np.empty((3, {pixels}), np.int64)  # where each pixel's input, output, residual are",
+        f"        acc = np.empty(({pixels}, {PANEL}), np.float32)",
+        "        for item in range(part * items // parts, (part + 1) * items // parts):",
+        *["            " + b for b in body],
+    ]
+    return "\n".join(out) + "\n"
+
+
+NUMBERS = {2: "TWO", 4: "FOUR", 5: "FIVE", 8: "EIGHT"}  # float32 constants in the generated module
+
+
+def combination(coefficients: list[int], names: list[str]) -> str:
+    """sum(k * name), written as a person would: 'd0_1 - d2_1 + FOUR * d4_1' (FOUR is np.float32(4): a
+    Python 4 would make numba compute in float64)."""
+    out = ""
+    for k, name in zip(coefficients, names, strict=True):
+        if k:
+            term = name if abs(k) == 1 else f"{NUMBERS[abs(k)]} * {name}"
+            out += (" - " if k < 0 else " + ") + term if out else ("-" if k < 0 else "") + term
+    return out
+
+
+def transform(m: list[list[int]], given: str, between: str, out: str) -> list[str]:
+    """Lines computing out = m @ given @ m^T, one element each, through `between` = m @ given (given is a
+    6x6 grid of named locals, given0_0 ...)."""
+    rows = len(m)
+    lines = [f"{between}{i}_{j} = {combination(m[i], [f'{given}{k}_{j}' for k in range(POINTS)])}"
+             for i in range(rows) for j in range(POINTS)]  # fmt: skip
+    lines += [f"{out}{i}_{j} = {combination(m[j], [f'{between}{i}_{k}' for k in range(POINTS)])}"
+              for i in range(rows) for j in range(rows)]  # fmt: skip
+    return lines
+
+
+def tile_corner(c: spec.Conv, t: str) -> list[str]:
+    """img, and the first output row and column of tile t of a batch."""
+    per_image, across = tiles_across(c.h_out) * tiles_across(c.w_out), tiles_across(c.w_out)
+    return [f"img, q = {t} // {per_image}, {t} % {per_image}", f"oh, ow = q // {across} * {OUT}, q % {across} * {OUT}"]
+
+
+def winograd_shapes(c: spec.Conv) -> tuple[int, int]:
+    """(tiles per image, output channels rounded up to whole panels) of a Winograd conv."""
+    return tiles_across(c.h_out) * tiles_across(c.w_out), -(-c.cout // PANEL) * PANEL
+
+
+def winograd_in_source(step: spec.Step) -> str:
+    """The input transform: each 6x6 tile d of each channel (the tiles overlap by 2) to V = B^T d B, into
+    v (tiles, 36, C): for each of the 36 points, a (tiles x C) matrix, the left side of one GEMM, its rows
+    36 * C floats apart. (Stored point-major, (36, tiles, C), the 36 streams a tile writes are 16 KB apart
+    in layer3 and 8 KB in layer4 and fall into the same sets of L1: the transform ran 10x slower.)"""
+    c = step.conv
+    shift = border(step.src) - c.pad
+    per_image, _ = winograd_shapes(c)
+    # The tile's rows and its v as slices, so every index is a literal plus ch: numba adds no negative-index
+    # check. (LLVM still leaves this loop scalar: it cannot prove that 72 addresses do not overlap.)
+    start = times(plus("ow", shift), c.cin)
+    rows = [f"row{i} = x[img, {plus('oh', i + shift)}, {start} : {start} + {POINTS * c.cin}]" for i in range(POINTS)]
+    body = [f"d{i}_{j} = row{i}[{plus(j * c.cin, 'ch')}]" for i in range(POINTS) for j in range(POINTS)]
+    body += transform(BT, "d", "e", "v")
+    body += [f"vt[{i * POINTS + j}, ch] = v{i}_{j}" for i in range(POINTS) for j in range(POINTS)]
+    return "\n".join(
+        [
+            "@njit(cache=True, fastmath=True, parallel=True)",
+            f"def {winograd_name('in', step)}(x, scratch):",
+            f'    """{c.cin}x{c.h_in}x{c.w_in}, stored with a border of {border(step.src)}: '
+            'tiles of 6x6 to V = B^T d B."""',
+            f"    tiles = x.shape[0] * {per_image}",
+            f"    v = scratch[: {POINTS * POINTS} * tiles * {c.cin}].reshape(tiles, {POINTS * POINTS}, {c.cin})",
+            "    for t in prange(tiles):  # tiles, across threads",
+            *["        " + line for line in tile_corner(c, "t")],
+            *["        " + line for line in rows],
+            "        vt = v[t]",
+            f"        for ch in range({c.cin}):",
+            *["            " + line for line in body],
+        ]
+    ) + "\n"
+
+
+def winograd_gemm_source(step: spec.Step, pixels: int = PIXELS, order: str = "by size") -> str:
+    """The 36 GEMMs, on 08's micro-kernel: for each point e, m[:, e] (tiles x CO) = v[:, e] (tiles x C) @
+    u[e] (C x CO). A tile of the micro-kernel is 6 Winograd tiles x 64 output channels; its window is one
+    run of C floats."""
+    c = step.conv
+    per_image, padded = winograd_shapes(c)
+    panels = padded // PANEL
+    weights = c.cin * padded * 4  # bytes of one point's u
+    tile, panel = ("g // {0}", "g % {0}") if tiles_first(c, order, weights) else ("g % groups", "g // groups")
+    tile, panel = tile.format(panels), panel.format(panels)
+    points = POINTS * POINTS
+    return "\n".join(
+        [
+            "@njit(cache=True, fastmath=True, parallel=True)",
+            f"def {winograd_name('gemm', step)}(u, scratch, n):",
+            f'    """{points} GEMMs of (n * {per_image} tiles x {c.cin}) @ ({c.cin} x {c.cout}) '
+            'on the micro-kernel."""',
+            f"    tiles = n * {per_image}",
+            f"    v = scratch[: {points} * tiles * {c.cin}]",
+            f"    m = scratch[{points} * tiles * {c.cin} : {points} * tiles * {c.cin + padded}]",
+            f"    groups = (tiles + {pixels - 1}) // {pixels}",
+            f"    items = {points} * groups * {panels}  # point by point, then "
+            f"{'tile by tile' if tile.startswith('g //') else 'panel by panel'}",
+            f"    parts = min({numba.config.NUMBA_NUM_THREADS}, items)  # numba's threads",
+            f"    window = np.array((1, 0, {c.cin}))  # one run of C floats",
+            f"    zero = np.zeros({PANEL}, np.float32)  # the bias comes after the output transform",
+            "    for part in prange(parts):  # one run of consecutive items per thread",
+            f"        at = np.empty((3, {pixels}), np.int64)",
+            f"        acc = np.empty(({pixels}, {PANEL}), np.float32)",
+            "        for item in range(part * items // parts, (part + 1) * items // parts):",
+            f"            e, g = item // (groups * {panels}), item % (groups * {panels})",
+            f"            first = {tile} * {pixels}",
+            f"            co = {panel} * {PANEL}",
+            f"            for r in range({pixels}):",
+            "                t = min(first + r, tiles - 1)  # a short last group repeats its last tile",
+            f"                at[0, r] = (t * {points} + e) * {c.cin}",
+            f"                at[1, r] = (t * {points} + e) * {padded} + co",
+            f"            tile_{pixels}x{PANEL}(v, at, window, u[e, {panel}], acc)",
+            f"            store_{pixels}x{PANEL}(acc, zero, m, at, min({pixels}, tiles - first))",
+        ]
+    ) + "\n"
+
+
+def winograd_out_source(step: spec.Step) -> str:
+    """The output transform fused with 08's epilogue: Y = A^T m A for each tile and output channel, + bias,
+    + residual, ReLU, into the reader's buffer; the outputs of an edge tile beyond the layer are not
+    stored (13x13 is 4x4 tiles of 4, the last 1 wide)."""
+    c = step.conv
+    per_image, padded = winograd_shapes(c)
+    edge = border(step.dst)
+    points = POINTS * POINTS
+    head = [f"m{i}_{j} = mt[{i * POINTS + j}, co]" for i in range(POINTS) for j in range(POINTS)]
+    head += transform(AT, "m", "s", "y")
+
+    def stores(guarded: bool) -> list[str]:
+        lines = []
+        for i in range(OUT):
+            for j in range(OUT):
+                value = f"y{i}_{j} + bias[co]"
+                if step.residual:
+                    value += f" + res[img, {plus('oh', i)}, {times(plus('ow', j), c.cout)} + co]"
+                if step.relu:
+                    value = f"max({value}, np.float32(0.0))"
+                store = f"out[img, {plus('oh', i + edge)}, {times(plus('ow', j + edge), c.cout)} + co] = {value}"
+                lines += [f"if {i} < rows and {j} < cols:", "    " + store] if guarded else [store]
+        return lines
+
+    res = ", res" if step.residual else ""
+    full = [f"for co in range({c.cout}):", *["    " + h for h in head + stores(False)]]
+    cut = [f"for co in range({c.cout}):", *["    " + h for h in head + stores(True)]]
+    return "\n".join(
+        [
+            "@njit(cache=True, fastmath=True, parallel=True)",
+            f"def {winograd_name('out', step)}(scratch, bias, out{res}, n):",
+            f'    """{points} x (tiles x {c.cout}) to {c.cout}x{c.h_out}x{c.w_out}: Y = A^T m A, + bias'
+            f'{", + residual" if res else ""}{", ReLU" if step.relu else ""}'
+            f'{f", stored with a border of {edge}" if edge else ""}."""',
+            f"    tiles = n * {per_image}",
+            f"    start = {points} * tiles * {c.cin}  # after v",
+            f"    m = scratch[start : start + {points} * tiles * {padded}].reshape(tiles, {points}, {padded})",
+            "    for t in prange(tiles):  # tiles, across threads",
+            *["        " + line for line in tile_corner(c, "t")],
+            "        mt = m[t]",
+            f"        rows, cols = min({OUT}, {c.h_out} - oh), min({OUT}, {c.w_out} - ow)",
+            f"        if rows == {OUT} and cols == {OUT}:",
+            *["            " + line for line in full],
+            "        else:  # a tile at the bottom or right edge",
+            *["            " + line for line in cut],
+        ]
+    ) + "\n"
+
+
+def chunk(c: spec.Conv) -> int:
+    """Images per pass of a Winograd conv: as many as keep v and m within SCRATCH_BYTES, so a batch does
+    not stream them through memory (layer1: 3.6 MB per image, one at a time; layer3: 1.2 MB, three), while
+    the transformed weights still serve several images where they are large."""
+    per_image, padded = winograd_shapes(c)
+    return max(1, SCRATCH_BYTES // (POINTS * POINTS * per_image * (c.cin + padded) * 4))
+
+
+def winograd_name(part: str, step: spec.Step) -> str:
+    c = step.conv
+    if part == "in":
+        return f"winograd_in_{c.cin}x{c.h_in}x{c.w_in}"
+    if part == "gemm":
+        return f"winograd_gemm_{c.cin}_to_{c.cout}_{winograd_shapes(c)[0]}_tiles"
+    return f"winograd_out_{c.cout}x{c.h_out}x{c.w_out}{kernel_name(step)[len(conv_name(c)) :]}"
+
+
+def entry_source() -> str:
+    """The image, NCHW as given, into its stored layout: channels-last with conv1's zero border."""
+    c, h, w = SHAPE
+    edge = border(spec.INPUT)
+    return "\n".join(
+        [
+            "@njit(cache=True, parallel=True)",
+            "def image_to_channels_last(x, y):",
+            f'    """The one copy of the forward pass: (n, {c}, {h}, {w}) -> channels-last, zero border {edge}."""',
+            "    for n in range(x.shape[0]):",
+            f"        for i in prange({h}):  # rows, across threads",
+            f"            for j in range({w}):",
+            f"                for c in range({c}):",
+            f"                    y[n, {plus('i', edge)}, {plus(times(plus('j', edge), c), 'c')}] = x[n, c, i, j]",
+        ]
+    ) + "\n"
+
+
+def maxpool_source(step: spec.Step) -> str:
+    """Max pool on the stored layout. Its input is a ReLU output (every value >= 0) with a zero border as
+    wide as the pool's padding, so the border can stand for the padding: a zero never beats a real value."""
+    k, stride, pad = spec.MAXPOOL
+    c, h, w = step.shape
+    assert border(step.src) == pad and border(step.dst) == 0
+    return "\n".join(
+        [
+            "@njit(cache=True, parallel=True)",
+            f"def maxpool_{c}x{h * stride}x{w * stride}(x, y):",
+            f'    """{k}x{k} max pool, stride {stride}, padding {pad} (the stored zero border), channels-last."""',
+            "    for n in range(x.shape[0]):",
+            f"        for oh in prange({h}):  # rows, across threads",
+            f"            for ow in range({w}):",
+            f"                for ch in range({c}):",
+            f"                    best = x[n, {times('oh', stride)}, {plus(times(times('ow', stride), c), 'ch')}]",
+            f"                    for kh in range({k}):",
+            f"                        for kw in range({k}):",
+            f"                            best = max(best, x[n, {plus(times('oh', stride), 'kh')}, "
+            f"{plus(times(plus(times('ow', stride), 'kw'), c), 'ch')}])",
+            f"                    y[n, oh, {plus(times('ow', c), 'ch')}] = best",
+        ]
+    ) + "\n"
+
+
+def avgpool_source(step: spec.Step) -> str:
+    c, h, w = spec.STEP_BY_NAME[step.src].shape
+    return "\n".join(
+        [
+            "@njit(cache=True, parallel=True)",
+            f"def avgpool_{c}x{h}x{w}(x, y):",
+            f'    """Mean over the {h}x{w} pixels of each channel, channels-last in, (n, {c}) out."""',
+            "    for n in range(x.shape[0]):",
+            f"        for ch in prange({c}):  # channels, across threads",
+            "            acc = np.float32(0.0)",
+            f"            for i in range({h}):",
+            f"                for j in range({w}):",
+            f"                    acc += x[n, i, {plus(times('j', c), 'ch')}]",
+            f"            y[n, ch] = acc / np.float32({h * w})",
+        ]
+    ) + "\n"
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def fc(x, w, b, y):
+    n_img, cin = x.shape
+    cout = w.shape[0]
+    for n in range(n_img):
+        for o in prange(cout):
+            acc = np.float32(0.0)
+            for i in range(cin):
+                acc += x[n, i] * w[o, i]
+            y[n, o] = acc + b[o]
+
+
+def bias_name(c: spec.Conv) -> str:
+    return f"{c.name}.bias"
+
+
+def forward_source(tensor_at: dict[str, int], weight_at: dict[str, int], winograd: bool = True) -> str:
+    """The forward pass as straight-line code: every tensor a named view at a literal offset (per image;
+    `b` is the arena's capacity in images, `n` this call's), then the steps: one kernel call each."""
+    views = ["    # Activations: views of the arena, channels-last with their readers' borders."]
+    views += [arena_view(spec.INPUT, tensor_at[spec.INPUT], layout(spec.INPUT))]
+    for step in spec.STEPS:
+        shape = step.shape if step.op in ("avgpool", "fc") else layout(step.dst)
+        views.append(arena_view(step.dst, tensor_at[step.dst], shape))
+    views.append("    # Weights: views of the pool (BatchNorm folded into each conv's weights and bias).")
+    steps = []
+    for i, step in enumerate(spec.STEPS):
+        src, dst = activation(step.src), activation(step.dst)
+        steps.append(f"    if first <= {i} < last:  # {step.name}")
+        if i == 0:
+            steps.append(f"        image_to_channels_last(x, {src})")
+        if step.op == "conv" and winograd and is_winograd(step.conv):
+            c = step.conv
+            views.append(pool_view(c.weight, weight_at[c.weight], panel_shape(c, winograd)))
+            views.append(pool_view(bias_name(c), weight_at[bias_name(c)], (c.cout,)))
+            res = f", {activation(step.residual)}[i:j]" if step.residual else ""
+            steps.append(f"        for i in range(0, n, {chunk(c)}):  # images whose v and m fit in L2 and L3")
+            steps.append(f"            j = min(i + {chunk(c)}, n)")
+            steps.append(f"            {winograd_name('in', step)}({src}[i:j], scratch)")
+            steps.append(f"            {winograd_name('gemm', step)}({local(c.weight)}, scratch, j - i)")
+            bias = local(bias_name(c))
+            steps.append(f"            {winograd_name('out', step)}(scratch, {bias}, {dst}[i:j]{res}, j - i)")
+        elif step.op == "conv":
+            c = step.conv
+            views.append(pool_view(c.weight, weight_at[c.weight], panel_shape(c)))
+            views.append(pool_view(bias_name(c), weight_at[bias_name(c)], (c.cout,)))
+            res = f", {activation(step.residual)}" if step.residual else ""
+            steps.append(f"        {kernel_name(step)}({src}, {local(c.weight)}, {local(bias_name(c))}, {dst}{res})")
+        elif step.op == "maxpool":
+            c, h, w = step.shape
+            steps.append(f"        maxpool_{c}x{h * 2}x{w * 2}({src}, {dst})")
+        elif step.op == "avgpool":
+            c, h, w = spec.STEP_BY_NAME[step.src].shape
+            steps.append(f"        avgpool_{c}x{h}x{w}({src}, {dst})")
+        else:
+            views.append(pool_view("fc.weight", weight_at["fc.weight"], (spec.NUM_CLASSES, spec.FC_IN)))
+            views.append(pool_view("fc.bias", weight_at["fc.bias"], (spec.NUM_CLASSES,)))
+            steps.append(f"        fc({src}, fc_weight, fc_bias, {dst})")
+    head = [
+        "@njit(cache=True)",
+        "def forward(x, params, arena, scratch, b, first, last):",
+        '    """Steps first..last-1 of ResNet-50 on x (n images); the arena holds b images per tensor."""',
+        "    n = x.shape[0]",
+    ]
+    return "\n".join(head + views + steps) + "\n"
+
+
+def generate(
+    tensor_at: dict[str, int], weight_at: dict[str, int], pixels: int = PIXELS, order: str = "by size",
+    winograd: bool = True
+) -> str:
+    """The whole generated module: the entry, the micro-kernel, one kernel per distinct conv shape and
+    epilogue (three for a Winograd conv: input transform, GEMMs, output transform), the pools, the
+    classifier, the forward pass."""
+    kernels: dict[str, list[spec.Step]] = {}
+    transforms: dict[str, str] = {}
+    for step in spec.STEPS:
+        if step.conv and winograd and is_winograd(step.conv):
+            transforms.setdefault(winograd_name("in", step), winograd_in_source(step))
+            transforms.setdefault(winograd_name("gemm", step), winograd_gemm_source(step, pixels, order))
+            transforms.setdefault(winograd_name("out", step), winograd_out_source(step))
+        elif step.conv:
+            kernels.setdefault(kernel_name(step), []).append(step)
+    pools = [s for s in spec.STEPS if s.op in ("maxpool", "avgpool")]
+    stores = {store_name(s, n, pixels): (s, n) for s, *_ in kernels.values() for n in lanes_of(s.conv)}
+    if transforms:  # the GEMMs' sums, stored as they are
+        plain = dataclasses.replace(spec.STEPS[0], residual=None, relu=False)
+        stores[store_name(plain, PANEL, pixels)] = (plain, PANEL)
+    parts = [
+        "import numpy as np\nfrom numba import njit, prange\n\n"
+        f"FMA_ONLY = {{{', '.join(map(repr, sorted(FMA_ONLY)))}}}\n"
+        f"{', '.join(NUMBERS.values())} = {', '.join(f'np.float32({k})' for k in NUMBERS)}\n",
+        entry_source(),
+        tile_source(pixels),
+        *(store_source(step, lanes, pixels) for step, lanes in stores.values()),
+        *(conv_source(steps[0], [s.name for s in steps], pixels, order) for steps in kernels.values()),
+        *transforms.values(),
+        *(maxpool_source(s) if s.op == "maxpool" else avgpool_source(s) for s in pools),
+        inspect.getsource(fc.py_func),
+        forward_source(tensor_at, weight_at, winograd),
+    ]
+    return "\n\n".join(parts)
+
+
+def fold(w: np.ndarray, gamma, beta, mean, var) -> tuple[np.ndarray, np.ndarray]:
+    """BatchNorm after a conv, as the conv's own weights and bias (in float64, then float32):
+    bn(conv(x, w)) = gamma * (conv(x, w) - mean) / sqrt(var + eps) + beta = conv(x, w * s) + (beta - mean * s)
+    with s = gamma / sqrt(var + eps), one per output channel."""
+    s = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + spec.BN_EPS)
+    folded = w.astype(np.float64) * s[:, None, None, None]
+    bias = beta.astype(np.float64) - mean.astype(np.float64) * s
+    return folded.astype(np.float32), bias.astype(np.float32)
+
+
+def lanes_of(c: spec.Conv) -> list[int]:
+    """The channel counts a conv's tiles store: whole panels, and the short last one if there is one."""
+    return [PANEL] * (c.cout >= PANEL) + [c.cout % PANEL] * (c.cout % PANEL > 0)
+
+
+def panel_shape(c: spec.Conv, winograd: bool = False) -> tuple[int, ...]:
+    if winograd and is_winograd(c):
+        return POINTS * POINTS, -(-c.cout // PANEL), c.cin, PANEL
+    return -(-c.cout // PANEL), c.kernel * c.kernel * c.cin, PANEL
+
+
+def panels(w: np.ndarray) -> np.ndarray:
+    """(CO, C, K, K) weights as the tile reads them: (panels of 64 output channels, K * K * C, 64), taps and
+    input channels in the order of a channels-last window, output channels last; a short last panel is
+    filled with zero weights."""
+    co = w.shape[0]
+    rows = channels_last(w).reshape(co, -1)  # (CO, K * K * C)
+    padded = np.zeros((-(-co // PANEL) * PANEL, rows.shape[1]), np.float32)
+    padded[:co] = rows
+    return np.ascontiguousarray(padded.reshape(-1, PANEL, rows.shape[1]).transpose(0, 2, 1))
+
+
+def winograd_panels(w: np.ndarray) -> np.ndarray:
+    """(CO, C, 3, 3) weights transformed, U = G g G^T for every channel pair (in float64), as the 36 GEMMs
+    read them: (36 points, panels of 64 output channels, C, 64); a short last panel filled with zeros."""
+    co, ci = w.shape[:2]
+    g = np.asarray(G, np.float64)
+    u = np.einsum("ak,oikl,bl->aboi", g, w.astype(np.float64), g).reshape(POINTS * POINTS, co, ci)
+    padded = np.zeros((POINTS * POINTS, -(-co // PANEL) * PANEL, ci))
+    padded[:, :co] = u
+    return np.ascontiguousarray(padded.reshape(POINTS * POINTS, -1, PANEL, ci).transpose(0, 1, 3, 2), np.float32)
+
+
+ABLATIONS = {"every 3x3 conv direct, as in 08 (no Winograd)": {"winograd": False}}
+
+
+class ResNet50(GeneratedResNet50):
+    slp_vectorize = True  # the tile's scalars become vectors only with LLVM's SLP vectorizer
+
+    def __init__(self, weights, max_batch: int = 1, threads: int | None = None, **switches) -> None:
+        self.switches = {"pixels": PIXELS, "winograd": True, **switches}
+        super().__init__(weights, max_batch, numba.config.NUMBA_NUM_THREADS if threads is None else threads)
+
+    def generate(self, tensor_at: dict[str, int], weight_at: dict[str, int]) -> str:
+        return generate(tensor_at, weight_at, **self.switches)
+
+    def pack(self, weights) -> tuple[np.ndarray, dict[str, int]]:
+        """Each conv's weights with its BatchNorm folded in, in panels for the tile (a Winograd conv's
+        transformed first), and its bias; the classifier. The BatchNorm tensors themselves are not needed any more."""
+        arrays = {}
+        for c in spec.CONVS:
+            bn = [weights.load(f"{c.bn}.{f}") for f in ("weight", "bias", "running_mean", "running_var")]
+            w, arrays[bias_name(c)] = fold(weights.load(c.weight), *bn)
+            arrays[c.weight] = winograd_panels(w) if self.switches["winograd"] and is_winograd(c) else panels(w)
+        arrays["fc.weight"], arrays["fc.bias"] = weights.load("fc.weight"), weights.load("fc.bias")
+        return pack_arrays(arrays)
+
+    def tensor_floats(self) -> dict[str, int]:
+        tensors = [spec.INPUT] + [s.dst for s in spec.STEPS if s.op not in ("avgpool", "fc")]
+        return {t: int(np.prod(layout(t))) for t in tensors}
+
+    def private(self) -> set[str]:
+        """Tensors stored with a zero border keep a place of their own: no other tensor ever writes there,
+        so the border stays zero from construction on."""
+        return {t for t, floats in self.tensor_floats().items() if floats > np.prod(chw(t))}
+
+    def scratch_floats(self) -> int:
+        """The Winograd convs' transformed tiles v and the GEMMs' sums m, for the largest conv and batch."""
+        if not self.switches["winograd"]:
+            return 0
+        sizes = [(POINTS * POINTS * winograd_shapes(c)[0] * (c.cin + winograd_shapes(c)[1]), c) for c in spec.CONVS
+                 if is_winograd(c)]  # fmt: skip
+        return max(size * min(chunk(c), self.max_batch) for size, c in sizes)
