@@ -9,7 +9,8 @@ import the source from the private cache (common.codegen_cache), and offer the s
                                             b, first, last)` running steps first..last-1
     conv_weights(conv, w) -> array           the layout of one conv's weights in the pool (default: 04's)
     scratch_floats() -> int                  the scratch buffer's size
-and may supply pack(weights) (the whole pool), tensor_floats() and private() (the arena's plan).
+and may supply pack(weights) (the whole pool), tensor_floats() and private() (the arena's plan), and set
+`slp_vectorize = True` to have its kernels compiled in the constructor with LLVM's SLP vectorizer on (08 on).
 
 The helpers below keep the generated code reading like code a person wrote: no `i * 1`, no `+ 0`.
 """

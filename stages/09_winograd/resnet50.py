@@ -82,7 +82,7 @@ def layout(tensor: str) -> tuple[int, int]:
 def is_winograd(c: spec.Conv) -> bool:
     """3x3 convs of stride 1 with at least 4x4 tiles per image: layer1-3's 11. layer4's two (7x7: 2x2 tiles)
     are left direct: their transformed weights, 36 x 512 x 512 floats (38 MB), serve 4 tiles per image, so
-    the GEMMs wait on memory (NOTES.md: 1.37 ms against 1.14 direct)."""
+    the GEMMs wait on memory (NOTES.md: the GEMMs alone take as long as the direct conv)."""
     return c.kernel == 3 and c.stride == 1 and tiles_across(c.h_out) >= 4
 
 
