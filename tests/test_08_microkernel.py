@@ -70,13 +70,12 @@ def test_slp_is_on_only_inside_the_block_and_back_after_an_error():
 # After stage 08 is built (its kernels compiled with the SLP vectorizer on), a new function of straight-line
 # scalar code still compiles scalar: 08 changed nothing for the stages built after it in the same process.
 AFTER_08 = r"""
-import json, re
+import json, re, sys
 import numba, numpy as np
 from common import stages
 from common.weights import WeightStore
-from common.paths import weights_dir
 before = numba.config.SLP_VECTORIZE
-stages.load("08").ResNet50(WeightStore(weights_dir(), verify=False))
+stages.load("08").ResNet50(WeightStore(sys.argv[1], verify=False))
 @numba.njit(fastmath=True)
 def four(a, b):
     b[0] = a[0] * 2.0; b[1] = a[1] * 2.0; b[2] = a[2] * 2.0; b[3] = a[3] * 2.0
@@ -88,7 +87,7 @@ print(json.dumps({"before": before, "after": numba.config.SLP_VECTORIZE,
 
 
 def test_building_08_leaves_how_other_code_compiles_unchanged(store):
-    run = run_python("-c", AFTER_08, env={"NUMBA_SLP_VECTORIZE": "0"})
+    run = run_python("-c", AFTER_08, str(store.path), env={"NUMBA_SLP_VECTORIZE": "0"})
     assert run.returncode == 0, run.stderr
     found = last_json(run.stdout)
     assert found["before"] == found["after"] == 0
