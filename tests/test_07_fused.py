@@ -65,10 +65,11 @@ def conv_bn_graph(step: spec.Step, weights) -> onnx.ModelProto:
     return model
 
 
-def stored(s07, tensor: str, nchw: np.ndarray) -> np.ndarray:
-    """An (n, C, H, W) array in 07's stored layout for `tensor`: channels-last, zero border, row width."""
-    rows, width = s07.layout(tensor)
-    edge = s07.border(tensor)
+def stored(stage, tensor: str, nchw: np.ndarray) -> np.ndarray:
+    """An (n, C, H, W) array in a stage's stored layout for `tensor` (07 and later): channels-last, zero
+    border, row width."""
+    rows, width = stage.layout(tensor)
+    edge = stage.border(tensor)
     n, c, h, w = nchw.shape
     out = np.zeros((n, rows, width), np.float32)
     out[:, edge : edge + h, edge * c : (edge + w) * c] = nchw.transpose(0, 2, 3, 1).reshape(n, h, w * c)

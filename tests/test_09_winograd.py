@@ -9,6 +9,7 @@ from numba import njit, prange
 from common import spec, stages
 from common.generated import slp_vectorizer
 from common.reference import compare, conv_reference
+from tests.test_07_fused import stored
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +49,7 @@ def run_layer(s09, step: spec.Step, x, w, bias, res, threads: int = 1):
     exec(source.replace("cache=True", "cache=False"), namespace)
     kin, kgemm, kout = (namespace[s09.winograd_name(p, step)] for p in ["in", "gemm", "out"])
     n = x.shape[0]
-    rows, width = s09.layout(step.src)
-    xs = np.zeros((n, rows, width), np.float32)
-    xs[:, 1 : 1 + c.h_in, c.cin : (1 + c.w_in) * c.cin] = x.transpose(0, 2, 3, 1).reshape(n, c.h_in, -1)
+    xs = stored(s09, step.src, x)
     per_image, padded = s09.winograd_shapes(c)
     scratch = np.full(36 * per_image * n * (c.cin + padded), np.nan, np.float32)
     edge = s09.border(step.dst)
