@@ -29,18 +29,20 @@ IMG ?=
 FORMAT ?= text
 A ?=
 B ?=
+CPP_SRC ?=
 # (After the defaults: `unexport X` defines X, and `X ?= ...` would then keep it empty.)
 # make expands a variable it exports to a recipe's environment (a command-line IMG='$(shell ...)' would
 # run), so the knobs are not exported; the two the programs read from the environment are passed quoted.
-KNOBS := IMG STAGE STAGES SOURCE SEED FORCE FORMAT RESULTS A B QUICK THREADS RESNET50_WEIGHTS RESNET50_CACHE
+KNOBS := CPP_SRC IMG STAGE STAGES SOURCE SEED FORCE FORMAT RESULTS A B QUICK THREADS RESNET50_WEIGHTS RESNET50_CACHE
 unexport $(KNOBS)
 BENCH_COLUMNS := --benchmark-columns=min,median,rounds --benchmark-sort=name
 
-.PHONY: help setup lock weights weights-ready test bench chart classify profile ablate regress baseline diff codegen lint torch openvino clean clean-cache
+.PHONY: help setup lock weights weights-ready test bench cpp chart classify profile ablate regress baseline diff codegen lint torch openvino clean clean-cache
 
 help:
 	@echo "make bench                  every stage and peer on images/, results/ + charts + README table (QUICK=1, STAGES=01,06)"
 	@echo "make test                   the test suite"
+	@echo "make cpp CPP_SRC=path/to/cv_learning_resnet50   make bench with the C++ original built and run here too"
 	@echo "make classify IMG=photo.jpg [STAGE=01|ref] [FORMAT=json]   top-5 classes and latency"
 	@echo "make weights [SOURCE=auto|hub|random|torchvision|file.safetensors|.npz|.pth] [SEED=0] [FORCE=1]"
 	@echo "make chart                  redraw charts and the README table from results/latest.json"
@@ -90,6 +92,12 @@ test: weights-ready
 
 bench: weights-ready
 	@$(RUN) -m bench.run $(if $(call given,STAGES),--stages=$(call q,STAGES)) $(if $(call given,QUICK),--quick)
+
+# The C++ original as a peer: a checkout of dongtuoc/cv_learning_resnet50 (never changed: it is copied),
+# built with cmake and OpenCV and run with this project's weights and images, in the same run as the stages.
+cpp: weights-ready
+	@$(if $(call given,CPP_SRC),,echo "cpp: CPP_SRC=path/to/cv_learning_resnet50 is needed (git clone https://github.com/dongtuoc/cv_learning_resnet50)" >&2; exit 2)
+	@$(RUN) -m bench.run --cpp=$(call q,CPP_SRC) $(if $(call given,STAGES),--stages=$(call q,STAGES)) $(if $(call given,QUICK),--quick)
 
 chart: $(SETUP)
 	@$(RUN) -m bench.chart $(if $(call given,RESULTS),--results=$(call q,RESULTS))

@@ -40,6 +40,11 @@ def name(entry: dict) -> str:
     return f"{entry['label']} ({entry['threads']} thr)" if several else entry["label"]
 
 
+def cpp_marker_label(res: dict) -> str:
+    where = "measured in this run" if report.cpp_measured(res) else "its author's machine"
+    return f"C++ original, same rung ({where})"
+
+
 def latency(ax, res: dict) -> None:
     entries = report.ok_entries(res)
     cores = res["peak"]["threads_all"]
@@ -65,7 +70,7 @@ def latency(ax, res: dict) -> None:
             s=160,
             color="#d62728",
             zorder=3,
-            label="C++ original, same rung (its author's machine)",
+            label=cpp_marker_label(res),
         )
         ax.legend(loc="upper right", fontsize=7)
     ax.set_yticks(list(y), labels, fontsize=8)

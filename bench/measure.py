@@ -31,7 +31,9 @@ class Entry:
     kind: str  # "stage" or "peer"
     threads: int
     make: Callable[[int], Model] | None  # max_batch -> model
-    cpp_ms: float | None = None
+    cpp_ms: float | None = None  # the C++ rung this stage mirrors: its author's figure, or measured here
+    cpp_measured: bool = False
+    cpp_rung: str | None = None  # set on a C++ rung's own entry: the stage it mirrors
     status: str = "pending"
     message: str = ""
     model: Model | None = None
@@ -191,7 +193,10 @@ def summary(entry: Entry, flops: float, peak_gflops: float) -> dict:
         "compile_s": round(entry.compile_s, 2),
         "verdict": entry.verdict,
         "cpp_ms": entry.cpp_ms,
+        "cpp_measured": entry.cpp_measured,
     }
+    if entry.cpp_rung:
+        out["cpp_rung"] = entry.cpp_rung
     if entry.status == "ok" and entry.latency_s:
         ms = np.array(entry.latency_s) * 1e3
         median = float(np.median(ms))

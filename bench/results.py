@@ -25,7 +25,12 @@ A results file is one JSON object:
         peak_fraction gflops / the FMA peak at the same thread count
         effective     (stages) true when gflops is an effective rate: direct-conv FLOPs / time of a stage
                       that multiplies less (Winograd); marked so in tables and charts
-        cpp_ms        the C++ original's published latency for the same rung (another machine), stages only
+        cpp_ms        stages 01-06: the latency of the C++ original's rung that the stage mirrors, at the same
+                      thread count: measured in this run when `cpp_measured`, else its author's published
+                      figure (another machine)
+        cpp_measured  true when cpp_ms was measured in this run (`make cpp`)
+        cpp_rung      on the C++ original's own entries ("cpp_1st_origin@1", kind "peer"): the stage it
+                      mirrors ("01"); their verdict is {"top1_matches", "images", "max_top1_logit_diff"}
     extrapolations    [{"name", "what", "mflops", "latency_s", ...}]: lines that were not run end to end
     batch_sweep   (full runs) {"threads", "batches", "series": {entry name: {"label", "images_per_s"}}}
 
@@ -117,6 +122,7 @@ def validate(results: object, origin: object = "results") -> dict:
         if throughput and "images_per_s" in throughput:
             _need(_finite(throughput["images_per_s"]), origin, f"{where}: throughput.images_per_s")
         _need(entry.get("cpp_ms") is None or _finite(entry["cpp_ms"]), origin, f"{where}: cpp_ms")
+        _need(isinstance(entry.get("cpp_measured", False), bool), origin, f"{where}: cpp_measured")
     _need(any(e["status"] == "ok" for e in entries), origin, "no entry was timed (every status is not 'ok')")
     sweep = results.get("batch_sweep")
     if sweep is not None:

@@ -5,6 +5,7 @@ ones whose constructor takes `threads`) run at one thread and on every usable co
 the peers at the same thread count. The full run ends with a batch sweep (1-16 images). Each
 entry is checked against the judge before it is timed. Then the results file, the charts and the README
 table. QUICK=1 (--quick) for a pass of a minute or two; STAGES=01,06 (--stages) to pick.
+`make cpp CPP_SRC=...` (--cpp) adds the C++ original's rungs, built and run here (bench/cpp.py).
 """
 
 import argparse
@@ -18,7 +19,7 @@ import numba
 import numpy as np
 from tqdm import tqdm
 
-from bench import chart, machine, peak, peers, pure_python, report, results
+from bench import chart, cpp, machine, peak, peers, pure_python, report, results
 from bench.calibration import BUSY_EFFICIENCY, Calibration
 from bench.measure import Entry, Turns, prepare, summary, time_latency, time_throughput
 from common import spec, stages
@@ -27,9 +28,6 @@ from common.images import load_batch, sample_images
 from common.paths import RESULTS_DIR, ROOT
 from common.reference import Reference
 from common.weights import WeightStore
-
-# The C++ original's published latency per rung (cv_learning_resnet50, its author's machine).
-CPP_MS = {"01": 16923, "02": 4973, "03": 862, "04": 742, "05": 781, "06": 297}
 
 FULL = {"budget_s": 20.0, "max_repeats": 30, "min_repeats": 3, "batch": 8, "tp_budget_s": 15.0, "tp_repeats": 5}
 MULTI_THREAD_TURNS = {"block": 5, "warmup": 1, "pause_s": 0.3}  # see bench/measure.py, Turns
@@ -48,7 +46,7 @@ def stage_entries(selected: list[stages.StageInfo], store: WeightStore, cores: i
         module = stages.load(info)
         if not stages.threaded(module):
             make = partial(lambda max_batch, module: module.ResNet50(store, max_batch=max_batch), module=module)
-            out.append(Entry(info.name, info.name, "stage", 1, make, CPP_MS.get(info.key)))
+            out.append(Entry(info.name, info.name, "stage", 1, make, cpp.PUBLISHED_MS.get(info.key)))
             continue
         for threads in sorted({1, cores}):
             make = partial(
@@ -56,8 +54,8 @@ def stage_entries(selected: list[stages.StageInfo], store: WeightStore, cores: i
                 module=module,
                 threads=threads,
             )
-            cpp = CPP_MS.get(info.key) if threads == cores else None  # the C++ rung ran on every core
-            out.append(Entry(f"{info.name}@{threads}", info.name, "stage", threads, make, cpp))
+            published = cpp.PUBLISHED_MS.get(info.key) if threads == cores else None  # it ran on every core
+            out.append(Entry(f"{info.name}@{threads}", info.name, "stage", threads, make, published))
     return out
 
 
@@ -95,10 +93,40 @@ def batch_sweep(entries: list[Entry], images: np.ndarray, judge: np.ndarray, cor
     return {"threads": cores, "batches": list(SWEEP_BATCHES), "series": series}
 
 
-def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None) -> Path:
+def cpp_entries(src: str, store: WeightStore, images: list[Path], cores: int, keys: list[str]) -> list[Entry]:
+    """The C++ original's rungs, built and run here, as peers ("cpp_2nd_avx2@1")."""
+    out = []
+    for r in cpp.measure(src, store, images, cores, keys):
+        entry = Entry(f"cpp_{r.folder}@{r.threads}", f"C++ {r.folder}", "peer", r.threads, None, cpp_rung=r.key)
+        entry.status, entry.message, entry.verdict = r.status, r.message, r.verdict or {}
+        entry.build_s, entry.compile_s = r.build_s, r.startup_s
+        entry.latency_s = r.latency_s or []
+        out.append(entry)
+        say(f"bench: C++ {r.folder}: {r.status}{': ' + r.message if r.message else ''}")
+    return out
+
+
+def use_measured_cpp(entries: list[Entry]) -> None:
+    """A stage's C++ column: the rung it mirrors as measured in this run (at the same thread count), in
+    place of its author's figure."""
+    measured = {(e.cpp_rung, e.threads): e for e in entries if e.cpp_rung and e.ok and e.latency_s}
+    for e in entries:
+        rung = measured.get((stages.find(e.label).key, e.threads)) if e.kind == "stage" else None
+        if rung:
+            e.cpp_ms, e.cpp_measured = round(float(np.median(rung.latency_s)) * 1e3, 1), True
+
+
+def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None, cpp_src: str | None = None) -> Path:
     knobs = QUICK if quick else FULL
     cores = machine.usable_cores()
     store = WeightStore()
+    selected = stages.select(stage_keys)
+    cpp_keys = [info.key for info in selected if info.key in cpp.RUNGS]
+    if cpp_src is not None:  # before anything slow: a bad path or a missing library is one line now
+        cpp.checkout(cpp_src)
+        cpp.check_tools()
+        if not cpp_keys:
+            raise LadderError(f"STAGES={stage_keys}: no stage that a C++ rung mirrors (01-06) is selected")
     paths = sample_images()
     images, used, bad = load_batch(paths)
     for error in bad:
@@ -122,7 +150,7 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None)
         f"sgemm {limit['sgemm_gflops_1_thread']} and {limit['sgemm_gflops_all_threads']}"
     )
 
-    entries = stage_entries(stages.select(stage_keys), store, cores)
+    entries = stage_entries(selected, store, cores)
     thread_counts = sorted({1, cores})
     for p in peers.peers(store, thread_counts):
         entries.append(Entry(p.name, p.label, "peer", p.threads, p.make, message=p.missing))
@@ -156,6 +184,9 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None)
             sweep = batch_sweep(entries, images, judge, cores, repeats=3)
         except Exception as e:  # an extra chart must not cost the run's results
             say(f"bench: WARNING: the batch sweep failed and is left out ({type(e).__name__}: {e})")
+    if cpp_src is not None:
+        entries += cpp_entries(cpp_src, store, used, cores, cpp_keys)
+        use_measured_cpp(entries)
     say("bench: timing pure Python on a slice of one layer ...")
     extrapolation = pure_python.measure()
     contention.check("end")
@@ -262,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short pass: fewer repeats, smaller budgets")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the results and charts")
     parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update ('' for none)")
+    parser.add_argument("--cpp", default=None, metavar="CPP_SRC", help="a checkout of cv_learning_resnet50 to run too")
     args = parser.parse_args(argv)
     np.seterr(all="ignore")
     # `kill` stops a run as cleanly as Ctrl-C: nothing half-written. Ctrl-C is set explicitly because a
@@ -269,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _stop)
     try:
-        run(args.stages, args.quick, args.out, Path(args.readme) if args.readme else None)
+        run(args.stages, args.quick, args.out, Path(args.readme) if args.readme else None, args.cpp)
     except LadderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -45,6 +45,19 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
 def preprocess(rgb: Image.Image) -> np.ndarray:
     """An RGB PIL image -> normalised (3, 224, 224) float32 CHW."""
+    x = np.asarray(centre_crop(rgb), dtype=np.float32) / np.float32(255.0)
+    x = (x - MEAN) / STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def load_crop(path: str | os.PathLike) -> Image.Image:
+    """Read one image file -> its 224x224 RGB crop, still 8-bit (what a program with its own
+    normalisation is given: the C++ original), or raise ImageError."""
+    return centre_crop(_decode_rgb(Path(path)))
+
+
+def centre_crop(rgb: Image.Image) -> Image.Image:
+    """torchvision's Resize(256) then CenterCrop(224), on 8-bit RGB."""
     w, h = rgb.size
     # torchvision's Resize(256): the shorter side becomes 256, the longer one int(256 * long / short).
     if w <= h:
@@ -54,17 +67,13 @@ def preprocess(rgb: Image.Image) -> np.ndarray:
     left = round((size[0] - CROP) / 2.0)
     top = round((size[1] - CROP) / 2.0)
     if size[0] * size[1] <= MAX_RESIZED_PIXELS:
-        crop = rgb.resize(size, Image.Resampling.BILINEAR).crop((left, top, left + CROP, top + CROP))
-    else:
-        # An extreme aspect ratio: a 1x200000 image would be resized to 256x51200000 (39 GB) to keep its
-        # central 224x224. Resize only the part of the source that the crop keeps: Pillow's `box` places
-        # each output pixel and its filter as the full resize does (up to one 8-bit level of rounding).
-        sx, sy = w / size[0], h / size[1]
-        box = (left * sx, top * sy, (left + CROP) * sx, (top + CROP) * sy)
-        crop = rgb.resize((CROP, CROP), Image.Resampling.BILINEAR, box=box)
-    x = np.asarray(crop, dtype=np.float32) / np.float32(255.0)
-    x = (x - MEAN) / STD
-    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+        return rgb.resize(size, Image.Resampling.BILINEAR).crop((left, top, left + CROP, top + CROP))
+    # An extreme aspect ratio: a 1x200000 image would be resized to 256x51200000 (39 GB) to keep its
+    # central 224x224. Resize only the part of the source that the crop keeps: Pillow's `box` places
+    # each output pixel and its filter as the full resize does (up to one 8-bit level of rounding).
+    sx, sy = w / size[0], h / size[1]
+    box = (left * sx, top * sy, (left + CROP) * sx, (top + CROP) * sy)
+    return rgb.resize((CROP, CROP), Image.Resampling.BILINEAR, box=box)
 
 
 def _decode_rgb(path: Path) -> Image.Image:
