@@ -54,7 +54,10 @@ RUNGS = {
 }
 # Its author's published latency per rung, on the author's machine: shown when the rungs were not run here.
 PUBLISHED_MS = {"01": 16923, "02": 4973, "03": 862, "04": 742, "05": 781, "06": 297}
-THREADED = "06"  # its convs use std::thread::hardware_concurrency() threads; the others run on one
+# Its 6th rung's convs use std::thread::hardware_concurrency() threads (every online CPU) and are set
+# beside 06 on every core the bench uses; the others run on one. (Where a CPU mask leaves the bench fewer
+# cores than are online, the 6th rung still starts one thread per online CPU.)
+THREADED = "06"
 NEEDS_FSTREAM = ("05", "06")
 INSTALL = "Debian/Ubuntu: apt-get install cmake g++ libopencv-dev"
 BN_MOMENTUM = 0.1  # what torch's BatchNorm2d holds and the parser writes; the C++ code never reads it
@@ -220,9 +223,13 @@ def work_tree(root: Path, weights: Path, images: list[Path], folder: Path) -> Pa
     (folder / "model" / "resnet50_weight").symlink_to(weights, target_is_directory=True)
     pics = folder / "pics" / "ani_12"
     pics.mkdir(parents=True)
-    for path in images:
-        load_crop(path).save(pics / f"{path.stem}.png", icc_profile=None)  # pixels only, as both read them
+    for i, path in enumerate(images):  # numbered: cat.jpg and cat.png are two images
+        load_crop(path).save(pics / png_name(i, path), icc_profile=None)  # pixels only, as both read them
     return folder / "cpp"
+
+
+def png_name(i: int, path: Path) -> str:
+    return f"{i:02d}_{path.stem}.png"
 
 
 def _first_error(text: str) -> str:

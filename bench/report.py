@@ -86,6 +86,12 @@ def throughput(entry: dict) -> str:
     return f"{t['images_per_s']:.2f}" if "images_per_s" in t else "-"
 
 
+def throughput_cell(entry: dict) -> str:
+    """Images/s and the batch it was measured at ("-" with no batch: a C++ rung runs one image at a time)."""
+    batch = (entry.get("throughput") or {}).get("batch")
+    return f"{throughput(entry)} ({batch})" if batch else throughput(entry)
+
+
 def table(results: dict) -> str:
     stages = stage_rows(results)
     first = stages[0] if stages and stages[0]["name"].startswith("01") else None
@@ -98,23 +104,21 @@ def table(results: dict) -> str:
         previous = previous_rung(stages, i)
         ref = reference_at(results, e["threads"])
         vs_ref = median(e) / median(ref) if ref else None
-        batch = (e.get("throughput") or {}).get("batch", "")
         lines.append(
             f"| **{md(e['label'])}** | {e['threads']} | {fmt_ms(median(e))} "
             f"| {fmt_x(median(first) / median(e)) if first else ''} "
             f"| {fmt_x(median(previous) / median(e)) if previous else ''} "
-            f"| {throughput(e)} ({batch}) | {' | '.join(rate(e))} "
+            f"| {throughput_cell(e)} | {' | '.join(rate(e))} "
             f"| {fmt_x(vs_ref)} | {fmt_ms(e['cpp_ms']) if e.get('cpp_ms') else ''} |"
         )
     for e in ok_entries(results):
         if e["kind"] != "peer":
             continue
         ref = reference_at(results, e["threads"])
-        batch = (e.get("throughput") or {}).get("batch", "")
         vs_first = fmt_x(median(first) / median(e)) if first else ""
         lines.append(
             f"| {md(e['label'])} | {e['threads']} | {fmt_ms(median(e))} | {vs_first} "
-            f"| | {throughput(e)} ({batch}) | {e['gflops']:.1f} | {100 * e['peak_fraction']:.1f}% "
+            f"| | {throughput_cell(e)} | {e['gflops']:.1f} | {100 * e['peak_fraction']:.1f}% "
             f"| {fmt_x(median(e) / median(ref)) if ref else ''} | |"
         )
     for x in results.get("extrapolations", []):

@@ -107,8 +107,8 @@ def test_its_input_is_ours_after_the_crop_saved_as_png(tmp_path, sample_batch):
     tree = tmp_path / "tree"
     (tree / "practice" / "cpp").mkdir(parents=True)
     cpp.work_tree(tree, tmp_path, paths, tmp_path / "work")
-    for path in paths:
-        png = tmp_path / "work" / "pics" / "ani_12" / f"{path.stem}.png"
+    for i, path in enumerate(paths):
+        png = tmp_path / "work" / "pics" / "ani_12" / cpp.png_name(i, path)
         assert np.abs(cpp.cpp_input(png) - load_image(path)).max() < 1e-5
 
 
