@@ -58,6 +58,10 @@ PUBLISHED_MS = {"01": 16923, "02": 4973, "03": 862, "04": 742, "05": 781, "06": 
 # beside 06 on every core the bench uses; the others run on one. (Where a CPU mask leaves the bench fewer
 # cores than are online, the 6th rung still starts one thread per online CPU.)
 THREADED = "06"
+
+
+def threads(key: str, cores: int) -> int:
+    return cores if key == THREADED else 1
 NEEDS_FSTREAM = ("05", "06")
 INSTALL = "Debian/Ubuntu: apt-get install cmake g++ libopencv-dev"
 BN_MOMENTUM = 0.1  # what torch's BatchNorm2d holds and the parser writes; the C++ code never reads it
@@ -329,8 +333,7 @@ def measure(
         expected = {p.name: (int(np.argmax(row)), float(row.max())) for p, row in zip(pngs, logits, strict=True)}
         for key in keys or list(RUNGS):
             folder = RUNGS[key]
-            threads = cores if key == THREADED else 1
-            result = RungResult(key, folder, threads, "error")
+            result = RungResult(key, folder, threads(key, cores), "error")
             try:
                 t0 = time.perf_counter()
                 program = build(tree / folder, key)

@@ -96,7 +96,11 @@ def batch_sweep(entries: list[Entry], images: np.ndarray, judge: np.ndarray, cor
 def cpp_entries(src: str, store: WeightStore, images: list[Path], cores: int, keys: list[str]) -> list[Entry]:
     """The C++ original's rungs, built and run here, as peers ("cpp_2nd_avx2@1")."""
     out = []
-    for r in cpp.measure(src, store, images, cores, keys):
+    try:
+        rungs = cpp.measure(src, store, images, cores, keys)
+    except (cpp.CppError, OSError) as e:  # e.g. no room for the export: the stages' results still count
+        rungs = [cpp.RungResult(k, cpp.RUNGS[k], cpp.threads(k, cores), "error", f"{e}") for k in keys]
+    for r in rungs:
         entry = Entry(f"cpp_{r.folder}@{r.threads}", f"C++ {r.folder}", "peer", r.threads, None, cpp_rung=r.key)
         entry.status, entry.message, entry.verdict = r.status, r.message, r.verdict or {}
         entry.build_s, entry.compile_s = r.build_s, r.startup_s
@@ -108,12 +112,16 @@ def cpp_entries(src: str, store: WeightStore, images: list[Path], cores: int, ke
 
 def use_measured_cpp(entries: list[Entry]) -> None:
     """A stage's C++ column: the rung it mirrors as measured in this run (at the same thread count), in
-    place of its author's figure."""
-    measured = {(e.cpp_rung, e.threads): e for e in entries if e.cpp_rung and e.ok and e.latency_s}
+    place of its author's figure; empty when that rung ran and was wrong or failed (its own row says why)."""
+    ran = {(e.cpp_rung, e.threads): e for e in entries if e.cpp_rung}
     for e in entries:
-        rung = measured.get((stages.find(e.label).key, e.threads)) if e.kind == "stage" else None
-        if rung:
+        rung = ran.get((stages.find(e.label).key, e.threads)) if e.kind == "stage" else None
+        if rung is None:
+            continue
+        if rung.ok and rung.latency_s:
             e.cpp_ms, e.cpp_measured = round(float(np.median(rung.latency_s)) * 1e3, 1), True
+        else:
+            e.cpp_ms = None
 
 
 def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None, cpp_src: str | None = None) -> Path:

@@ -212,3 +212,29 @@ def test_the_tool_check_leaves_nothing_where_it_runs(tmp_path, monkeypatch):
     with contextlib.suppress(cpp.CppError):  # no OpenCV here: the probe ran all the same
         cpp.check_tools()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rung_that_ran_gives_its_stage_the_measured_figure_or_none():
+    from bench.measure import Entry
+    from bench.run import use_measured_cpp
+
+    stage = {k: Entry(name, name, "stage", 1, None, cpp.PUBLISHED_MS[k]) for k, name in (("02", "02_vectorized"),
+             ("03", "03_preload"), ("04", "04_no_alloc"))}  # fmt: skip
+    ok = Entry("cpp_2nd_avx2@1", "C++ 2nd_avx2", "peer", 1, None, cpp_rung="02", status="ok", latency_s=[4.0, 4.2, 4.1])
+    wrong = Entry("cpp_3rd_preload@1", "C++ 3rd_preload", "peer", 1, None, cpp_rung="03", status="wrong")
+    use_measured_cpp([*stage.values(), ok, wrong])
+    assert (stage["02"].cpp_ms, stage["02"].cpp_measured) == (4100.0, True)
+    assert (stage["03"].cpp_ms, stage["03"].cpp_measured) == (None, False)  # not its author's figure either
+    assert (stage["04"].cpp_ms, stage["04"].cpp_measured) == (cpp.PUBLISHED_MS["04"], False)  # not run: as published
+
+
+def test_a_cpp_failure_after_the_stages_were_timed_is_a_row_not_a_lost_run(monkeypatch, store):
+    from bench import run
+
+    def no_room(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cpp, "measure", no_room)
+    rows = run.cpp_entries("somewhere", store, [], 2, ["01", "06"])
+    assert [(e.name, e.status) for e in rows] == [("cpp_1st_origin@1", "error"), ("cpp_6th_mul_thread@2", "error")]
+    assert "No space left on device" in rows[0].message
