@@ -90,14 +90,17 @@ test: weights-ready
 	@$(RUN) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "test: pytest collected no tests; failing" >&2; exit 1; fi; exit $$rc
 
+# What `make bench` and `make cpp` both pass on: the stages to run, a quick pass.
+BENCH_ARGS = $(if $(call given,STAGES),--stages=$(call q,STAGES)) $(if $(call given,QUICK),--quick)
+
 bench: weights-ready
-	@$(RUN) -m bench.run $(if $(call given,STAGES),--stages=$(call q,STAGES)) $(if $(call given,QUICK),--quick)
+	@$(RUN) -m bench.run $(BENCH_ARGS)
 
 # The C++ original as a peer: a checkout of dongtuoc/cv_learning_resnet50 (never changed: it is copied),
 # built with cmake and OpenCV and run with this project's weights and images, in the same run as the stages.
 cpp: weights-ready
 	@$(if $(call given,CPP_SRC),,echo "cpp: CPP_SRC=path/to/cv_learning_resnet50 is needed (git clone https://github.com/dongtuoc/cv_learning_resnet50)" >&2; exit 2)
-	@$(RUN) -m bench.run --cpp=$(call q,CPP_SRC) $(if $(call given,STAGES),--stages=$(call q,STAGES)) $(if $(call given,QUICK),--quick)
+	@$(RUN) -m bench.run --cpp=$(call q,CPP_SRC) $(BENCH_ARGS)
 
 chart: $(SETUP)
 	@$(RUN) -m bench.chart $(if $(call given,RESULTS),--results=$(call q,RESULTS))

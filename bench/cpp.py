@@ -266,9 +266,10 @@ def run_rung(program: Path, rung: Path, images: int, label: str) -> tuple[str, f
         assert process.stdout is not None
         for line in process.stdout:
             out.append(line)
-            if first is None and BEGIN.search(ANSI.sub("", line)):
+            plain = ANSI.sub("", line)
+            if first is None and BEGIN.search(plain):
                 first = time.perf_counter() - started
-            if COST.search(ANSI.sub("", line)):
+            if COST.search(plain):
                 bar.update()
         code = process.wait()
     finally:
