@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from common import stages
+from common import spec, stages
 from common.generated import slp_vectorizer
 from common.reference import compare
 from tests.asm import PACKED_FMA
@@ -39,22 +39,34 @@ def test_the_tile_is_packed_fmas_on_broadcast_inputs_with_nothing_spilled(s08):
     from numba import njit
 
     namespace = {"np": np, "njit": njit, "FMA_ONLY": s08.FMA_ONLY}
+    step = spec.STEP_BY_NAME["layer1.0.conv3"]  # the epilogue with the most in it: + bias, + residual, ReLU
+    rng = np.random.default_rng(0)
     with slp_vectorizer():
-        exec(s08.tile_source().replace("cache=True", "cache=False"), namespace)
-        tile = namespace[f"tile_{s08.PIXELS}x{s08.PANEL}"]
-        k, x = 32, np.arange(s08.PIXELS * 32, dtype=np.float32)
-        at = np.zeros((3, s08.PIXELS), np.int64)
-        at[0] = np.arange(s08.PIXELS) * k
-        w = np.random.default_rng(0).standard_normal((k, s08.PANEL)).astype(np.float32)
-        acc = np.zeros((s08.PIXELS, s08.PANEL), np.float32)
-        tile(x, at, np.array([1, 0, k]), w, acc)
-    np.testing.assert_allclose(acc, x.reshape(s08.PIXELS, k) @ w, rtol=1e-5)  # and it computes the GEMM
-    loop = hot_loop(tile.inspect_asm(tile.signatures[0]))
+        exec(s08.tile_source(step).replace("cache=True", "cache=False"), namespace)
+        tile = namespace[s08.tile_name(step)]
+        k, pixels, lanes = 32, s08.PIXELS, 2 * s08.PANEL  # two panels: the tile computes the second
+        x = rng.standard_normal(pixels * k).astype(np.float32)
+        at = np.zeros((3, pixels), np.int64)
+        at[0] = np.arange(pixels) * k
+        at[1], at[2] = np.arange(pixels) * lanes + 64, np.arange(pixels)[::-1] * lanes + 64  # the second panel
+        w = rng.standard_normal((2, k, s08.PANEL)).astype(np.float32)
+        bias = rng.standard_normal(lanes).astype(np.float32)
+        res = rng.standard_normal(pixels * lanes).astype(np.float32)
+        y = np.full(pixels * lanes, np.nan, np.float32)
+        tile(x, at, np.array([1, 0, k]), w[1], bias[64:], y, res)
+    # It computes the GEMM and the epilogue, into the second panel's 64 channels of each pixel and nowhere else.
+    want = x.reshape(pixels, k) @ w[1] + bias[64:] + res.reshape(pixels, lanes)[::-1, 64:]
+    np.testing.assert_allclose(y.reshape(pixels, lanes)[:, 64:], np.maximum(want, 0), rtol=1e-5, atol=1e-5)
+    assert np.isnan(y.reshape(pixels, lanes)[:, :64]).all()
+    asm = tile.inspect_asm(tile.signatures[0])
+    loop = hot_loop(asm)
     fmas = [line for line in loop if PACKED_FMA.search(line)]
     assert len(fmas) == s08.PIXELS * s08.PANEL // 16 and all("zmm" in f for f in fmas), fmas  # 24 on zmm
     broadcasts = [line for line in loop if "vbroadcastss" in line or "{1to16}" in line]
     assert len(broadcasts) == s08.PIXELS, broadcasts  # each pixel's input float, once per step
     assert not [line for line in loop if "(%rsp)" in line and "zmm" in line], "accumulators spilled to the stack"
+    # The epilogue is vector code too: 24 packed stores of 16 floats, no scalar store.
+    assert len(re.findall(r"vmovups\s+%zmm\d+, [^\n]*\(%r", asm)) >= 24 and "vmovss\t%xmm" not in asm
 
 
 def test_slp_is_on_only_inside_the_block_and_back_after_an_error():
@@ -72,7 +84,7 @@ def test_slp_is_on_only_inside_the_block_and_back_after_an_error():
 AFTER_08 = r"""
 import json, re, sys
 import numba, numpy as np
-from common import stages
+from common import spec, stages
 from common.weights import WeightStore
 before = numba.config.SLP_VECTORIZE
 stages.load("08").ResNet50(WeightStore(sys.argv[1], verify=False))
@@ -129,8 +141,7 @@ for cin, cout, k, stride, pad, hw, residual, relu in cases:
     step = spec.Step("odd_out", "conv", "odd_in", (cout, c.h_out, c.w_out), c, "odd_res" if residual else None, relu)
     shapes.update(odd_in=(cin, hw, hw), odd_out=(cout, c.h_out, c.w_out), odd_res=(cout, c.h_out, c.w_out))
     borders = {"odd_in": pad, "odd_out": 1}  # the output stored with a border, as for a 3x3 reader
-    names = [s.store_name(step, n) for n in s.lanes_of(c)]
-    source = "\n\n".join([s.tile_source(), *(s.store_source(step, n) for n in s.lanes_of(c)),
+    source = "\n\n".join([*(s.tile_source(step, n) for n in s.lanes_of(c)),
                           s.conv_source(step, ["odd"])]).replace("cache=True", "cache=False")
     namespace = {"np": np, "njit": njit, "prange": prange, "FMA_ONLY": s.FMA_ONLY}
     with slp_vectorizer():

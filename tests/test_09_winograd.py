@@ -30,7 +30,7 @@ def test_the_matrices_are_a_minimal_filtering_algorithm(s09):
         np.testing.assert_allclose(at @ ((g_ @ g2 @ g_.T) * (bt @ d2 @ bt.T)) @ at.T, want2, atol=1e-11)
 
 
-SHARED: dict = {}  # the micro-kernel and its plain store, compiled once for every layer tested
+SHARED: dict = {}  # the micro-kernel with the plain store, compiled once for every layer tested
 
 
 def run_layer(s09, step: spec.Step, x, w, bias, res, threads: int = 1):
@@ -42,7 +42,7 @@ def run_layer(s09, step: spec.Step, x, w, bias, res, threads: int = 1):
         SHARED.update({"np": np, "njit": njit, "prange": prange, "FMA_ONLY": s09.FMA_ONLY})
         SHARED.update({name: np.float32(k) for k, name in s09.NUMBERS.items()})
         plain = s09.dataclasses.replace(step, residual=None, relu=False)
-        shared = s09.tile_source() + "\n\n" + s09.store_source(plain, s09.PANEL)
+        shared = s09.tile_source(plain)
         exec(shared.replace("cache=True", "cache=False"), SHARED)
     namespace = dict(SHARED)
     source = "\n\n".join([s09.winograd_in_source(step), s09.winograd_gemm_source(step), s09.winograd_out_source(step)])
@@ -121,3 +121,4 @@ def test_a_batch_of_8_matches_the_judge(s09, store, sample_batch, judge_logits):
     for row, i in enumerate(pick):
         verdict = compare(logits[row], judge_logits[i])
         assert verdict.ok, f"09 at batch 8, image {row}: {verdict}"
+

@@ -96,65 +96,54 @@ def kernel_name(step: spec.Step) -> str:
     return f"{conv_name(c)}{epilogue}" + (f"_pad{border(step.dst)}" if border(step.dst) else "")
 
 
-def tile_source(pixels: int = PIXELS) -> str:
-    """The micro-kernel: `pixels` output pixels x one panel of 64 output channels, held in registers
-    (`c{pixel}_{channel}`: 24 AVX-512 vectors once LLVM's SLP vectorizer packs them) for the whole sum.
-    Each step of the sum loads the panel's 64 weights for one input float once (4 vectors) and
-    broadcasts each pixel's input float: pixels x 4 vector FMAs, no horizontal sum.
-
-    x is the stored input, flat; at[0, r] is where pixel r's window starts in it: `taps` runs of `length`
-    floats (a kernel row's taps x input channels, contiguous channels-last), `row` apart, given in
-    window = (taps, row, length); w is the panel, (taps * length, 64). The sums go to acc (pixels, 64),
-    in L1, for the store. (The window is read from an array rather than passed as numbers: given a
-    conv's literals, LLVM would compile a copy of this large function for each conv, minutes in all.)"""
-    channels, rows = range(PANEL), range(pixels)
-    out = [
-        "@njit(cache=True, fastmath=FMA_ONLY)",
-        f"def tile_{pixels}x{PANEL}(x, at, window, w, acc):",
-        "    taps, row, length = window[0], window[1], window[2]",
-        *[f"    a{r} = at[0, {r}]" for r in rows],
-        *[f"    c{r}_{j} = np.float32(0.0)" for r in rows for j in channels],
-        "    k = 0",
-        "    for tap in range(taps):",
-        "        for i in range(length):",
-        *[f"            w{j} = w[k, {j}]" for j in channels],
-    ]
-    for r in rows:
-        out += [f"            x{r} = x[a{r} + i]", *[f"            c{r}_{j} += x{r} * w{j}" for j in channels]]
-    out += ["            k += 1", *[f"        a{r} += row" for r in rows]]
-    out += [f"    acc[{r}, {j}] = c{r}_{j}" for r in rows for j in channels]
-    return "\n".join(out) + "\n"
-
-
 def epilogue(step: spec.Step) -> str:
     return ("_add" if step.residual else "") + ("_relu" if step.relu else "")
 
 
-def store_name(step: spec.Step, lanes: int = PANEL, pixels: int = PIXELS) -> str:
-    return f"store_{pixels}x{lanes}{epilogue(step)}"
+def tile_name(step: spec.Step, lanes: int = PANEL, pixels: int = PIXELS) -> str:
+    return f"tile_{pixels}x{PANEL}{epilogue(step)}" + (f"_{lanes}_lanes" if lanes < PANEL else "")
 
 
-def store_source(step: spec.Step, lanes: int = PANEL, pixels: int = PIXELS) -> str:
-    """07's epilogue for one tile: + bias, + the residual, ReLU, the first `lanes` channels of the first m
-    pixels, straight-line so that it too is vector code. at[1, r] is where pixel r's channels go in y,
-    at[2, r] where its residual is."""
+def tile_source(step: spec.Step, lanes: int = PANEL, pixels: int = PIXELS) -> str:
+    """The micro-kernel: `pixels` output pixels x one panel of 64 output channels, held in registers
+    (`c{pixel}_{channel}`: 24 AVX-512 vectors once LLVM's SLP vectorizer packs them) for the whole sum.
+    Each step of the sum loads the panel's 64 weights for one input float once (4 vectors) and
+    broadcasts each pixel's input float: pixels x 4 vector FMAs, no horizontal sum. Then 07's epilogue,
+    on the registers: + bias, + the residual, ReLU, the first `lanes` channels into y.
+
+    x is the stored input, flat; at[0, r] is where pixel r's window starts in it: `taps` runs of `length`
+    floats (a kernel row's taps x input channels, contiguous channels-last), `row` apart, given in
+    window = (taps, row, length); w is the panel, (taps * length, 64), bias its 64 biases. at[1, r] is
+    where pixel r's channels go in y, at[2, r] where its residual is. (The window is read from an array rather
+    than passed as numbers: given a conv's literals, LLVM would compile a copy of this large function for
+    each conv, minutes in all.)"""
+    channels, rows = range(PANEL), range(pixels)
     res = ", res" if step.residual else ""
     out = [
         "@njit(cache=True, fastmath=FMA_ONLY)",
-        f"def {store_name(step, lanes, pixels)}(acc, bias, y{res}, at, m):",
-        *[f"    b{j} = bias[{j}]" for j in range(lanes)],
+        f"def {tile_name(step, lanes, pixels)}(x, at, window, w, bias, y{res}):",
+        "    taps, row, length = window[0], window[1], window[2]",
+        *[f"    c{r}_{j} = np.float32(0.0)" for r in rows for j in channels],
+        "    for tap in range(taps):",
+        # Each pixel's run and the panel's rows for this tap as slices, indexed by i alone: numba adds its
+        # negative-index check to `x[a + i]` (a could be negative), 3 instructions per load in this loop.
+        *[f"        x{r} = x[at[0, {r}] + tap * row : at[0, {r}] + tap * row + length]" for r in rows],
+        "        wt = w[tap * length : (tap + 1) * length]",
+        "        for i in range(length):",
+        *[f"            w{j} = wt[i, {j}]" for j in channels],
     ]
-    for r in range(pixels):
-        value = [f"acc[{r}, {j}] + b{j}" + (f" + rr[{j}]" if res else "") for j in range(lanes)]
+    for r in rows:
+        out += [f"            p{r} = x{r}[i]", *[f"            c{r}_{j} += p{r} * w{j}" for j in channels]]
+    for r in rows:
+        value = [f"c{r}_{j} + bias[{j}]" + (f" + rr[{j}]" if res else "") for j in range(lanes)]
         if step.relu:
             value = [f"max({v}, np.float32(0.0))" for v in value]
         # Slices, so that every index is a literal (numba adds no negative-index check), and every load
-        # before the first store (LLVM cannot rule out that y overlaps acc): only then does it see 64
-        # loads, sums and stores side by side and make vectors of them.
-        store = [f"yr = y[at[1, {r}] : at[1, {r}] + {lanes}]"]
-        store += [f"rr = res[at[2, {r}] : at[2, {r}] + {lanes}]"] if res else []
-        store += [f"v{j} = {v}" for j, v in enumerate(value)] + [f"yr[{j}] = v{j}" for j in range(lanes)]
-        out += [f"    if m > {r}:", *["        " + t for t in store]] if r else ["    " + t for t in store]
+        # before the first store (LLVM cannot rule out that y overlaps the residual): only then does it
+        # see 64 loads, sums and stores side by side and make vectors of them.
+        out += [f"    yr = y[at[1, {r}] : at[1, {r}] + {lanes}]"]
+        out += [f"    rr = res[at[2, {r}] : at[2, {r}] + {lanes}]"] if res else []
+        out += [f"    v{j} = {v}" for j, v in enumerate(value)] + [f"    yr[{j}] = v{j}" for j in range(lanes)]
     return "\n".join(out) + "\n"
 
 
@@ -187,7 +176,7 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
     hw = c.h_out * c.w_out
     oh, ow = f"(q // {c.w_out})", f"(q % {c.w_out})"
     where = [
-        f"p = min({plus('first', 'r')}, pixels - 1)  # a short last tile repeats its last pixel",
+        f"p = min({plus('first', 'r')}, pixels - 1)  # a short last tile repeats (and stores) its last pixel",
         f"img, q = p // {hw}, p % {hw}",
         f"at[0, r] = img * {rows * row} + {times(plus(times(oh, c.stride), shift), row)}"
         f" + {times(plus(times(ow, c.stride), shift), c.cin)}",
@@ -197,18 +186,16 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
     ]
     tile, panel = ("item // {0}", "item % {0}") if tiles_first(c, order) else ("item % tiles", "item // tiles")
     tile, panel = tile.format(panels), panel.format(panels)
-    args = f"(acc, bias[co : co + {PANEL}], ys{', rs' if res else ''}, at, m)"
-    call = [store_name(step, min(c.cout, PANEL), pixels) + args]
+    args = f"(xs, at, window, w[{panel}], bias[co : co + {PANEL}], ys{', rs' if res else ''})"
+    call = [tile_name(step, min(c.cout, PANEL), pixels) + args]
     if c.cout > PANEL and c.cout % PANEL:
         call = [f"if co + {PANEL} <= {c.cout}:", "    " + call[0], "else:  # the last panel is short",
-                "    " + store_name(step, c.cout % PANEL, pixels) + args]  # fmt: skip
+                "    " + tile_name(step, c.cout % PANEL, pixels) + args]  # fmt: skip
     body = [
         f"first = {tile} * {pixels}",
         f"co = {panel} * {PANEL}",
         f"for r in range({pixels}):",
         *["    " + w for w in where],
-        f"tile_{pixels}x{PANEL}(xs, at, window, w[{panel}], acc)",
-        f"m = min({pixels}, pixels - first)",
         *call,
     ]
     out = [
@@ -227,7 +214,6 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f"    window = np.array(({c.kernel}, {row}, {c.kernel * c.cin}))  # taps, floats between them, floats in each",
         "    for part in prange(parts):  # one run of consecutive items per thread",
         f"        at = np.empty((3, {pixels}), np.int64)  # where each pixel's input, output, residual are",
-        f"        acc = np.empty(({pixels}, {PANEL}), np.float32)",
         "        for item in range(part * items // parts, (part + 1) * items // parts):",
         *["            " + b for b in body],
     ]
@@ -331,7 +317,6 @@ def winograd_gemm_source(step: spec.Step, pixels: int = PIXELS, order: str = "by
             f"    zero = np.zeros({PANEL}, np.float32)  # the bias comes after the output transform",
             "    for part in prange(parts):  # one run of consecutive items per thread",
             f"        at = np.empty((3, {pixels}), np.int64)",
-            f"        acc = np.empty(({pixels}, {PANEL}), np.float32)",
             "        for item in range(part * items // parts, (part + 1) * items // parts):",
             f"            e, g = item // (groups * {panels}), item % (groups * {panels})",
             f"            first = {tile} * {pixels}",
@@ -340,8 +325,7 @@ def winograd_gemm_source(step: spec.Step, pixels: int = PIXELS, order: str = "by
             "                t = min(first + r, tiles - 1)  # a short last group repeats its last tile",
             f"                at[0, r] = (t * {points} + e) * {c.cin}",
             f"                at[1, r] = (t * {points} + e) * {padded} + co",
-            f"            tile_{pixels}x{PANEL}(v, at, window, u[e, {panel}], acc)",
-            f"            store_{pixels}x{PANEL}(acc, zero, m, at, min({pixels}, tiles - first))",
+            f"            tile_{pixels}x{PANEL}(v, at, window, u[e, {panel}], zero, m)",
         ]
     ) + "\n"
 
@@ -557,17 +541,16 @@ def generate(
         elif step.conv:
             kernels.setdefault(kernel_name(step), []).append(step)
     pools = [s for s in spec.STEPS if s.op in ("maxpool", "avgpool")]
-    stores = {store_name(s, n, pixels): (s, n) for s, *_ in kernels.values() for n in lanes_of(s.conv)}
+    tiles = {tile_name(s, n, pixels): (s, n) for s, *_ in kernels.values() for n in lanes_of(s.conv)}
     if transforms:  # the GEMMs' sums, stored as they are
         plain = dataclasses.replace(spec.STEPS[0], residual=None, relu=False)
-        stores[store_name(plain, PANEL, pixels)] = (plain, PANEL)
+        tiles[tile_name(plain, PANEL, pixels)] = (plain, PANEL)
     parts = [
         "import numpy as np\nfrom numba import njit, prange\n\n"
         f"FMA_ONLY = {{{', '.join(map(repr, sorted(FMA_ONLY)))}}}\n"
         f"{', '.join(NUMBERS.values())} = {', '.join(f'np.float32({k})' for k in NUMBERS)}\n",
         entry_source(),
-        tile_source(pixels),
-        *(store_source(step, lanes, pixels) for step, lanes in stores.values()),
+        *(tile_source(step, lanes, pixels) for step, lanes in tiles.values()),
         *(conv_source(steps[0], [s.name for s in steps], pixels, order) for steps in kernels.values()),
         *transforms.values(),
         *(maxpool_source(s) if s.op == "maxpool" else avgpool_source(s) for s in pools),
