@@ -10,7 +10,8 @@ import the source from the private cache (common.codegen_cache), and offer the s
     conv_weights(conv, w) -> array           the layout of one conv's weights in the pool (default: 04's)
     scratch_floats() -> int                  the scratch buffer's size
 and may supply pack(weights) (the whole pool), tensor_floats() and private() (the arena's plan), and set
-`slp_vectorize = True` to have its kernels compiled in the constructor with LLVM's SLP vectorizer on (08 on).
+`slp_vectorize = True` to have its kernels compiled in the constructor with LLVM's SLP vectorizer on (08 on),
+and `whole_batch_from` (a step's name) to have a batch run image by image up to that step (09).
 
 The helpers below keep the generated code reading like code a person wrote: no `i * 1`, no `+ 0`.
 """
@@ -25,6 +26,7 @@ import numpy as np
 
 from common import codegen_cache, spec
 from common.arena import aligned_zeros, channels_last, pack_weights, plan_arena
+from common.errors import LadderError
 from common.inputs import SHAPE, check_batch, check_max_batch, check_threads
 
 
@@ -95,14 +97,25 @@ class GeneratedResNet50:
     # compiled in the constructor with the vectorizer on, and only its code. numba's on-disk cache does not
     # record the setting; the stage's own cache folder only ever holds code compiled this way.
     slp_vectorize: bool = False
+    # A stage that names a step here runs a batch of several images through the steps before it one image at
+    # a time, in an arena of its own planned for one image, and from that step on all together. Early on the
+    # activations are large and the weights small: one image's tensors stay in L3 (layer1's are 3.2 MB each,
+    # eight images' 26 MB), while later layers, with large weights, read each weight once for the batch.
+    whole_batch_from: str | None = None
 
     def __init__(self, weights, max_batch: int = 1, threads: int | None = None) -> None:
         self.max_batch = max_batch = check_max_batch(max_batch)
         if threads is not None:
             self.threads = check_threads(threads, numba.config.NUMBA_NUM_THREADS)
+        names = [s.name for s in spec.STEPS]
+        if self.whole_batch_from and self.whole_batch_from not in names:
+            raise LadderError(f"whole_batch_from: no step {self.whole_batch_from!r} in ResNet-50 (spec.STEPS)")
+        self._split = names.index(self.whole_batch_from) if self.whole_batch_from else 0
         self.params, weight_at = self.pack(weights)
         self.tensor_at, arena_size = plan_arena(max_batch, floats=self.tensor_floats(), private=self.private())
         self.arena = aligned_zeros(arena_size)
+        # The same plan for one image (each place is max_batch images of its tensors: it divides exactly).
+        self._image_arena = aligned_zeros(arena_size // max_batch) if self._split and max_batch > 1 else None
         self.scratch = aligned_zeros(self.scratch_floats())
         per_image = {tensor: at // max_batch for tensor, at in self.tensor_at.items()}
         stage = Path(inspect.getfile(type(self))).parent.name
@@ -160,7 +173,22 @@ class GeneratedResNet50:
         return steps
 
     def _run(self, x: np.ndarray, first: int, last: int) -> None:
+        if self._image_arena is not None and len(x) > 1 and first == 0 and last >= self._split:
+            for i in range(len(x)):
+                self.forward(x[i : i + 1], self.params, self._image_arena, self.scratch, 1, 0, self._split)
+                for tensor, size in self._crossing().items():  # into image i's place in the batch's arena
+                    at = self.tensor_at[tensor] // self.max_batch
+                    self.arena[self.tensor_at[tensor] + i * size :][:size] = self._image_arena[at : at + size]
+            first = self._split
         self.forward(x, self.params, self.arena, self.scratch, self.max_batch, first, last)
+
+    def _crossing(self) -> dict[str, int]:
+        """The tensors made before `whole_batch_from` and read from it on, and their floats per image."""
+        made_before = {spec.INPUT} | {s.dst for s in spec.STEPS[: self._split]}
+        read_after = {t for s in spec.STEPS[self._split :] for t in (s.src, s.residual) if t}
+        floats = self.tensor_floats() or {}
+        shapes = {s.dst: s.shape for s in spec.STEPS}
+        return {t: floats.get(t, int(np.prod(shapes[t]))) for t in sorted(made_before & read_after)}
 
     def _set_threads(self) -> None:
         if self.threads is not None:

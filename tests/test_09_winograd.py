@@ -2,11 +2,14 @@
 3x3 stride-1 layer shape of ResNet-50, with and without a residual, and edge tiles that are not multiples of 4,
 match ONNX Runtime's Conv; the whole net matches the judge at 1 and 2 threads, batch 1 and 8."""
 
+import re
+
 import numpy as np
 import pytest
 from numba import njit, prange
 
 from common import spec, stages
+from common.errors import LadderError
 from common.generated import slp_vectorizer
 from common.reference import compare, conv_reference
 from tests.test_07_fused import stored
@@ -122,3 +125,21 @@ def test_a_batch_of_8_matches_the_judge(s09, store, sample_batch, judge_logits):
         verdict = compare(logits[row], judge_logits[i])
         assert verdict.ok, f"09 at batch 8, image {row}: {verdict}"
 
+
+@pytest.mark.parametrize("whole_batch_from", [None, "layer2.0.downsample.0"])
+def test_a_batch_run_image_by_image_at_first_gives_the_same_logits(s09, whole_batch_from, store, sample_batch):
+    """Image by image up to layer3 (the stage's default) against the whole batch through every step and against
+    a split at layer2: every image's sums are made in the same order, so the logits are the same floats. Batch 3
+    of 4 planned, on 2 threads; a wrong place for a tensor that crosses the split would mix up images."""
+    batch, _ = sample_batch
+    x = np.ascontiguousarray(batch[[2, 0, 1]])
+    want = s09.ResNet50(store, max_batch=4, threads=2)(x)
+    got = s09.ResNet50(store, max_batch=4, threads=2, whole_batch_from=whole_batch_from)(x)
+    np.testing.assert_array_equal(got, want)
+    alone = s09.ResNet50(store, max_batch=1, threads=2)(x[1:2])  # and each image as if it were alone
+    np.testing.assert_array_equal(got[1], alone[0])
+
+
+def test_a_step_that_does_not_exist_is_named_in_one_line(s09, store):
+    with pytest.raises(LadderError, match=re.escape("no step 'layer9.0.conv1'")):
+        s09.ResNet50(store, max_batch=2, whole_batch_from="layer9.0.conv1")

@@ -7,7 +7,8 @@ elementwise product, and summed over the input channels it is 36 independent GEM
 micro-kernel computes. Per such conv: the input tiles are transformed (V = B^T d B, the 6x6 matrices are
 literals in the generated code), the 36 GEMMs multiply them with the weights transformed at construction
 (U = G g G^T), and the output transform (Y = A^T m A) is fused with 08's epilogue: + bias, + residual,
-ReLU, into the reader's buffer. Every other conv is 08's.
+ReLU, into the reader's buffer. Every other conv is 08's. (And one switch of the harness for batches:
+several images run image by image through layer1 and layer2, where the activations are large.)
 
 The forward pass walks `spec.STEPS` (conv1, maxpool, 16 bottlenecks, avgpool, fc): each step reads one
 named tensor and writes one; a bottleneck's last conv adds the block's input (the residual) before its ReLU.
@@ -603,13 +604,20 @@ def winograd_panels(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(POINTS * POINTS, -1, PANEL, ci).transpose(0, 1, 3, 2), np.float32)
 
 
+# A batch runs image by image through layer1 and layer2 (common.generated): their activations are 1.6-3.2 MB
+# per image, and a batch of 8 of them does not stay in L3 (32 MB) from one layer to the next.
+WHOLE_BATCH_FROM = "layer3.0.downsample.0"
 ABLATIONS = {"every 3x3 conv direct, as in 08 (no Winograd)": {"winograd": False}}
 
 
 class ResNet50(GeneratedResNet50):
     slp_vectorize = True  # the tile's scalars become vectors only with LLVM's SLP vectorizer
 
-    def __init__(self, weights, max_batch: int = 1, threads: int | None = None, **switches) -> None:
+    def __init__(
+        self, weights, max_batch: int = 1, threads: int | None = None, whole_batch_from: str | None = WHOLE_BATCH_FROM,
+        **switches
+    ) -> None:
+        self.whole_batch_from = whole_batch_from
         self.switches = {"pixels": PIXELS, "winograd": True, **switches}
         super().__init__(weights, max_batch, numba.config.NUMBA_NUM_THREADS if threads is None else threads)
 
