@@ -116,6 +116,7 @@ class GeneratedResNet50:
         self.arena = aligned_zeros(arena_size)
         # The same plan for one image (each place is max_batch images of its tensors: it divides exactly).
         self._image_arena = aligned_zeros(arena_size // max_batch) if self._split and max_batch > 1 else None
+        self._crossing = self._crossing_tensors() if self._image_arena is not None else {}
         self.scratch = aligned_zeros(self.scratch_floats())
         per_image = {tensor: at // max_batch for tensor, at in self.tensor_at.items()}
         stage = Path(inspect.getfile(type(self))).parent.name
@@ -176,13 +177,13 @@ class GeneratedResNet50:
         if self._image_arena is not None and len(x) > 1 and first == 0 and last >= self._split:
             for i in range(len(x)):
                 self.forward(x[i : i + 1], self.params, self._image_arena, self.scratch, 1, 0, self._split)
-                for tensor, size in self._crossing().items():  # into image i's place in the batch's arena
+                for tensor, size in self._crossing.items():  # into image i's place in the batch's arena
                     at = self.tensor_at[tensor] // self.max_batch
                     self.arena[self.tensor_at[tensor] + i * size :][:size] = self._image_arena[at : at + size]
             first = self._split
         self.forward(x, self.params, self.arena, self.scratch, self.max_batch, first, last)
 
-    def _crossing(self) -> dict[str, int]:
+    def _crossing_tensors(self) -> dict[str, int]:
         """The tensors made before `whole_batch_from` and read from it on, and their floats per image."""
         made_before = {spec.INPUT} | {s.dst for s in spec.STEPS[: self._split]}
         read_after = {t for s in spec.STEPS[self._split :] for t in (s.src, s.residual) if t}

@@ -84,7 +84,7 @@ def test_slp_is_on_only_inside_the_block_and_back_after_an_error():
 AFTER_08 = r"""
 import json, re, sys
 import numba, numpy as np
-from common import spec, stages
+from common import stages
 from common.weights import WeightStore
 before = numba.config.SLP_VECTORIZE
 stages.load("08").ResNet50(WeightStore(sys.argv[1], verify=False))
