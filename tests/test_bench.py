@@ -92,9 +92,12 @@ def test_quick_bench_of_two_stages_end_to_end(store, tmp_path):
         assert 0 < e["peak_fraction"] < 1.3  # near what the machine can do; tuned engines edge past sgemm
     assert data["peak"]["gflops_1_thread"] > 1
     assert data["extrapolations"][0]["latency_s"] > 60
-    assert (tmp_path / "overview.png").exists() or not data["contention"]["busy"]
+    # A quiet run publishes latest.json and the charts; a busy one only its own file (bench/run.py).
+    busy = data["contention"]["busy"]
+    assert (tmp_path / "overview.png").exists() != busy
+    published = [] if busy else ["latest.json"]
     assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(
-        ["latest.json", *[p.name for p in tmp_path.glob("2*.json")]]
+        [*published, *[p.name for p in tmp_path.glob("2*.json")]]
     )
     assert "02_vectorized" in run.stdout  # the table is printed
 
