@@ -188,8 +188,7 @@ class GeneratedResNet50:
         made_before = {spec.INPUT} | {s.dst for s in spec.STEPS[: self._split]}
         read_after = {t for s in spec.STEPS[self._split :] for t in (s.src, s.residual) if t}
         floats = self.tensor_floats() or {}
-        shapes = {s.dst: s.shape for s in spec.STEPS}
-        return {t: floats.get(t, int(np.prod(shapes[t]))) for t in sorted(made_before & read_after)}
+        return {t: floats.get(t, int(np.prod(spec.STEP_BY_NAME[t].shape))) for t in sorted(made_before & read_after)}
 
     def _set_threads(self) -> None:
         if self.threads is not None:

@@ -91,14 +91,12 @@ def tiles_across(outputs: int) -> int:
     return -(-outputs // OUT)
 
 
-def kernel_name(step: spec.Step) -> str:
-    c = step.conv
-    epilogue = ("_add" if step.residual else "") + ("_relu" if step.relu else "")
-    return f"{conv_name(c)}{epilogue}" + (f"_pad{border(step.dst)}" if border(step.dst) else "")
-
-
 def epilogue(step: spec.Step) -> str:
     return ("_add" if step.residual else "") + ("_relu" if step.relu else "")
+
+
+def kernel_name(step: spec.Step) -> str:
+    return f"{conv_name(step.conv)}{epilogue(step)}" + (f"_pad{border(step.dst)}" if border(step.dst) else "")
 
 
 def tile_name(step: spec.Step, lanes: int = PANEL, pixels: int = PIXELS) -> str:
