@@ -6,6 +6,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from common import isa
 from common.paths import ROOT
 
 FLAGS_OF_INTEREST = (
@@ -139,6 +140,7 @@ def describe(numba_threads: int) -> dict:
         "blas": blas_info(),
         "numba_threading_layer": None,  # filled in once numba has run a parallel kernel
         "numba_threads": numba_threads,
+        "isa": isa.target().as_dict(),  # what the stages were compiled for (NUMBA_CPU_NAME may emulate another)
         "git_commit": git_commit(),
         "environment_traps": environment_traps(cpu["usable_cpus"], numba_threads),
         "environment": {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "NUMBA_"))},

@@ -1,8 +1,9 @@
 """The machine's fp32 limits, measured in the same run as everything else, at one thread and at all cores.
 
-- The FMA peak: a numba kernel of independent multiply-adds held in vector registers (16 chains of 16
-  floats, so no FMA waits for another), one copy per thread. Nothing that multiplies and adds floats can
-  go faster on this core, so it is "the peak" of the charts and tables: no engine shows more than 100%.
+- The FMA peak: a numba kernel of independent multiply-adds held in vector registers (half the target's
+  registers of chains, so no FMA waits for another), one copy per thread, for the ISA numba compiles for.
+  Nothing that multiplies and adds floats can go faster on this core, so it is "the peak" of the charts
+  and tables: no engine shows more than 100%.
 - numpy's sgemm on 2048x2048 matrices: what a BLAS gets on a real GEMM, drawn as a second line. Tuned
   engines beat it where the BLAS does not know the CPU (OpenBLAS on AMD Zen 5 ran at about half the FMA
   peak here), which is why it is not the limit.
@@ -14,14 +15,17 @@ import numpy as np
 from numba import njit, prange
 from threadpoolctl import threadpool_limits
 
-from common import jit_cache
+from common import isa, jit_cache
 from common.paths import ROOT
 
 jit_cache.install(ROOT)  # these kernels are cached beside this file: checksummed like every stage's
 
 N = 2048
 FLOPS = 2 * N**3
-CHAINS = 256  # floats updated per pass: 16 zmm registers of 16 (32 ymm of 8), all independent
+# Floats updated per pass, all independent: half the target's vector registers (common.isa) full of
+# accumulators, enough to keep every FMA unit busy through its latency (AVX-512: 16 zmm of 16 floats; AVX2:
+# 8 ymm of 8; more than the registers hold would measure spills, not the peak).
+CHAINS = isa.target().registers // 2 * isa.target().vector_floats
 # fastmath without reassoc: contract lets LLVM fuse the multiply-add; nothing may be reordered away.
 FMA_FLAGS = {"contract", "nsz", "nnan", "ninf", "arcp"}
 
@@ -86,6 +90,7 @@ def measure(cores: int, repeats: int = 5) -> dict:
     gemm_all = gemm_gflops(cores, repeats) if cores > 1 else gemm_one
     return {
         "method": f"numba kernel of {CHAINS} independent FMA chains per thread, best of {repeats}",
+        "isa": isa.target().name,
         "gflops_1_thread": round(fma_one, 1),
         "gflops_all_threads": round(fma_all, 1),
         "threads_all": cores,

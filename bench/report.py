@@ -135,7 +135,7 @@ def header(results: dict) -> str:
     text = (
         f"Measured {md(results['created'][:10])} on {md(cpu['model'])} ({cpu['usable_cpus']} cores, "
         f"{', '.join(md(f) for f in cpu['flags'] if str(f).startswith(('avx512f', 'avx2', 'fma')))}), "
-        f"commit {md(m['git_commit'])}, {len(results['settings']['images'])} images"
+        f"{isa_note(m)}commit {md(m['git_commit'])}, {len(results['settings']['images'])} images"
         f"{', quick run' if results['settings'].get('quick') else ''}. "
         f"Peak (independent FMAs in registers, measured in the same run): {p['gflops_1_thread']:.0f} GFLOP/s on "
         f"1 thread, {p['gflops_all_threads']:.0f} on {p['threads_all']}; numpy's sgemm reached "
@@ -146,6 +146,16 @@ def header(results: dict) -> str:
     if traps:
         text += " Environment traps found: " + "; ".join(md(t) for t in traps) + "."
     return text
+
+
+def isa_note(machine: dict) -> str:
+    """What the stages were compiled for; loud when it is not the host's own ISA (NUMBA_CPU_NAME)."""
+    target = machine.get("isa")
+    if not target:
+        return ""
+    if target.get("emulated"):
+        return f"**stages compiled for an emulated target: {md(target['describe'])}**, "
+    return f"stages compiled for {md(target['describe'])}, "
 
 
 def cpp_measured(results: dict) -> bool:

@@ -49,7 +49,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from common.errors import ResultsError
-from common.files import FileRefused, read_regular
+from common.files import FileRefused, read_regular, write_atomic
 
 SCHEMA = 2
 REQUIRED = ("schema", "created", "settings", "machine", "peak", "flops_per_image", "entries")
@@ -157,20 +157,6 @@ def load(path: str | os.PathLike) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ResultsError(f"{path}: not readable JSON ({str(e).splitlines()[0]})") from None
     return validate(data, path)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, then rename: readers see all or nothing."""
-    tmp = path.parent / f".tmp-{path.name}.{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @contextmanager

@@ -223,6 +223,8 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None,
     }
     if sweep:
         data["batch_sweep"] = sweep
+    contention.check_limits(limit, data["entries"])
+    data["contention"] = contention.summary()
     print(report.table(data))
     if contention.busy:
         # Its numbers are kept, as a file of their own, but not published over a quiet run's.
@@ -248,6 +250,10 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None,
     return path
 
 
+# A peak on 2 cores under this many times the 1-core peak: a core was taken while it was measured.
+PEAK_SCALING = 1.5
+
+
 class Contention:
     """Is another process holding a core? Checked at the start and the end of the run with the threads'
     calibration (bench/calibration.py): N threads should run their per-thread work as fast as one does.
@@ -256,6 +262,7 @@ class Contention:
     def __init__(self, cores: int) -> None:
         self.cores = cores
         self.readings: dict[str, float] = {}
+        self.beyond_limits: list[str] = []  # figures no quiet machine can give
         self.calibration = Calibration("threads", cores) if cores > 1 else None
 
     def check(self, when: str) -> None:
@@ -269,17 +276,33 @@ class Contention:
                 "speed: another process is using the cores, and every multi-threaded figure will suffer"
             )
 
+    def check_limits(self, limit: dict, rows: list[dict]) -> None:
+        """A measured rate above its peak, or a peak on N cores well under N times one core's, means a core
+        was taken while the peak was measured: a busy machine, not a result. (1.5x for 2 cores: a quiet
+        run measures 1.9-2.0x.)"""
+        one, every = limit["gflops_1_thread"], limit["gflops_all_threads"]
+        if self.cores > 1 and every < PEAK_SCALING * one:
+            self.beyond_limits.append(f"the FMA peak on {self.cores} threads ({every} GFLOP/s) is under "
+                                      f"{PEAK_SCALING}x the 1-thread one ({one})")  # fmt: skip
+        for row in rows:
+            fraction = row.get("peak_fraction")
+            if fraction is not None and fraction > 1.0 and not row.get("effective"):
+                self.beyond_limits.append(f"{row['name']} ran at {fraction:.0%} of the FMA peak")
+
     @property
     def busy(self) -> bool:
-        return any(e < BUSY_EFFICIENCY for e in self.readings.values())
+        return any(e < BUSY_EFFICIENCY for e in self.readings.values()) or bool(self.beyond_limits)
 
     @property
     def reason(self) -> str:
+        if self.beyond_limits:
+            return "the run measured past the machine's limits (" + "; ".join(self.beyond_limits) + ")"
         worst = min(self.readings.values(), default=1.0)
         return f"the machine was busy during the run ({self.cores} threads at {worst:.0%} of one thread's speed)"
 
     def summary(self) -> dict:
-        return {"threads_efficiency": self.readings, "busy": self.busy, "threshold": BUSY_EFFICIENCY}
+        return {"threads_efficiency": self.readings, "busy": self.busy, "threshold": BUSY_EFFICIENCY,
+                "beyond_limits": self.beyond_limits}  # fmt: skip
 
 
 def _threading_layer() -> str | None:

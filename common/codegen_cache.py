@@ -2,8 +2,9 @@
 
 Stages 05 and later write Python source for their exact layer shapes and import it. It lives in
 `$RESNET50_CACHE/codegen/<stage>-<hash>/resnet50_generated.py` (default ~/.cache/resnet50-ladder), in a
-folder only its user can write to (common.paths.cache_dir), named by a hash of the source and of numba's
-and Python's versions: a new generator, numba or Python gets a new folder, never a stale kernel.
+folder only its user can write to (common.paths.cache_dir), named by a hash of the source, of numba's
+and Python's versions and of the target numba compiles for: a new generator, numba, Python or CPU target
+gets a new folder, never a stale kernel.
 
 The file is compared with the source on every load, so a truncated, edited or corrupt copy is rewritten
 (numba then recompiles it: its own cache follows the file's timestamp). numba keeps the compiled code in
@@ -24,45 +25,91 @@ from types import ModuleType
 
 import numba
 
-from common import jit_cache
-from common.paths import cache_base, cache_dir
+from common import files, isa, jit_cache
+from common.errors import CacheError
+from common.paths import CACHE_ENV, cache_base, cache_dir
 
 FILE = "resnet50_generated.py"
 FOLDER = re.compile(r"^\d\d_\w+-[0-9a-f]{20}$")
-# What numba and we write in a folder: the source, its temporaries, numba's index/data files and our
-# checksums of them, and numba's temporaries.
-OURS = re.compile(r"^(resnet50_generated\.py|\.resnet50_generated\.\d+\.tmp|__pycache__)$")
+# What numba and we write in a folder: the source, the self-check's records (common.selfcheck), their
+# temporaries (and an older version's), numba's index/data files and our checksums of them, and numba's
+# temporaries.
+OURS = re.compile(
+    r"^(resnet50_generated\.py|selfcheck-[0-9a-f]{20}\.npy|\.tmp-(resnet50_generated\.py|selfcheck-[0-9a-f]{20}\.npy)"
+    r"\.\d+|\.resnet50_generated\.\d+\.tmp|__pycache__)$"
+)
 OURS_IN_PYCACHE = re.compile(
     r"^(\.)?resnet50_generated[\w.-]*\.(nbi|nbc|pyc)((\.sha256)?(\.\d+\.\d+)?|\.tmp\.[0-9a-f]+)$"
 )
 
 
 def key(source: str) -> str:
-    return hashlib.sha256(f"{source}{numba.__version__}{sys.version}".encode()).hexdigest()[:20]
+    """The folder's name: the source, numba's and Python's versions and the target numba compiles for
+    (common.isa), so code made for one target is never loaded for another."""
+    made_by = f"{numba.__version__}{sys.version}{isa.fingerprint()}"
+    return hashlib.sha256(f"{source}{made_by}".encode()).hexdigest()[:20]
 
 
-def load(source: str, stage: str) -> ModuleType:
-    """Import `source` (written by `stage`, e.g. "05_codegen") from the private cache, writing it first."""
+def load(source: str, stage: str, fresh: bool = False) -> ModuleType:
+    """Import `source` (written by `stage`, e.g. "05_codegen") from the private cache, writing it first.
+
+    fresh: import it again under a new name (after `forget`, so numba compiles it anew)."""
     digest = key(source)
     folder = cache_dir("codegen", f"{stage}-{digest}")
     path = folder / FILE
-    if not path.is_file() or path.read_bytes() != source.encode():
-        tmp = folder / f".resnet50_generated.{os.getpid()}.tmp"
-        tmp.write_text(source, encoding="utf-8")
-        os.replace(tmp, path)  # atomic: another process sees the old file or the new one, never half
+    try:
+        if not path.is_file() or path.read_bytes() != source.encode():
+            files.write_atomic(path, source)  # another process sees the old file or the new one
+    except OSError as e:
+        raise CacheError(f"{folder}: cannot write the generated code there: {e.strerror or e}; "
+                         f"free some space, make it writable, or set {CACHE_ENV}") from None  # fmt: skip
+    if not os.access(folder, os.W_OK) or not _pycache_writable(folder):
+        # numba would put the compiled code in ~/.cache/numba, where nothing checks it: keep it in memory.
+        print(f"{folder}: cache folder is read-only: compiling in memory for this run", file=sys.stderr, flush=True)
+        in_memory = source.replace("cache=True", "cache=False")
+        return _import(in_memory, path, f"resnet50_generated_{stage}_{digest}_in_memory")
     jit_cache.install(folder)
     name = f"resnet50_generated_{stage}_{digest}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # numba's cache looks modules up by name
-        try:
+    if fresh:
+        _fresh[name] = _fresh.get(name, 0) + 1
+        name += f"_again{_fresh[name]}"
+    return _import(None, path, name)
+
+
+_fresh: dict[str, int] = {}
+
+
+def _import(source: str | None, path: Path, name: str) -> ModuleType:
+    """The module `name` from `path` (or from `source`, compiled under that path's name), imported once."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # numba's cache looks modules up by name
+    try:
+        if source is None:
             spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return sys.modules[name]
+        else:
+            exec(compile(source, str(path), "exec"), module.__dict__)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _pycache_writable(folder: Path) -> bool:
+    pycache = folder / "__pycache__"
+    return not pycache.exists() or (pycache.is_dir() and os.access(pycache, os.W_OK))
+
+
+def forget(folder: Path) -> None:
+    """Remove numba's compiled code for a folder's module (its __pycache__): the next import compiles."""
+    pycache = folder / "__pycache__"
+    if pycache.is_dir() and not pycache.is_symlink():
+        for p in pycache.iterdir():
+            if _ours_in_pycache(p):
+                p.unlink(missing_ok=True)
 
 
 def _ours_in_pycache(path: Path) -> bool:

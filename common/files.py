@@ -54,6 +54,21 @@ def check_regular(path: str | os.PathLike, max_bytes: int) -> int:
         return os.fstat(f.fileno()).st_size
 
 
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write through a temporary file in the same folder, then rename: readers see all or nothing, and a
+    write that fails (a full disk) leaves nothing behind."""
+    tmp = path.parent / f".tmp-{path.name}.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _kind(mode: int) -> str:
     for test, name in (
         (stat.S_ISDIR, "a directory"),

@@ -40,7 +40,11 @@ def cache_dir(*parts: str) -> Path:
     base = cache_base()
     path = base.joinpath(*parts)
     for folder in [base, *[base.joinpath(*parts[: i + 1]) for i in range(len(parts))]]:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            why = "a file, not a folder" if folder.exists() and not folder.is_dir() else e.strerror or str(e)
+            raise CacheError(f"{folder}: cannot use it as a cache folder: {why}; fix it or set {CACHE_ENV}") from None
         _check_private(folder)
     return path
 

@@ -17,13 +17,13 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from common import spec
+from common import isa, spec
 from common.arena import channels_last, pack_arrays
 from common.generated import GeneratedResNet50, activation, arena_view, local, plus, pool_view, times
 from common.inputs import SHAPE
 
 BLOCK = 8  # output channels per pass of a conv kernel: each input vector loaded feeds BLOCK dot products
-VECTOR = 16  # floats in one AVX-512 register
+VECTOR = isa.target().vector_floats  # floats in one vector register of the target (16 on AVX-512, 8 on AVX2)
 
 
 def conv_name(c: spec.Conv) -> str:

@@ -18,13 +18,20 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from common import spec
+from common import isa, spec
 from common.arena import channels_last, pack_arrays
 from common.generated import GeneratedResNet50, activation, arena_view, local, plus, pool_view, times
 from common.inputs import SHAPE
 
-PIXELS = 6  # output pixels in a tile: 6 x 4 accumulators + 4 weight vectors + a broadcast fit in 32 registers
-PANEL = 64  # output channels in a tile: 4 AVX-512 vectors of 16 floats
+# The tile for the register file numba compiles for (common.isa): pixels x vectors of output channels,
+# accumulators + one panel row + a broadcast within the registers, picked by measurement (NOTES.md).
+TILES = {32: (6, 4), 16: (5, 2)}  # vector registers -> (pixels, vectors per panel)
+ISA = isa.target()
+PIXELS, VECTORS = TILES.get(ISA.registers, TILES[16])  # AVX-512: 6 x 4 zmm in 32; AVX2: 5 x 2 ymm in 16
+PANEL = VECTORS * ISA.vector_floats  # output channels in a tile: 64 on AVX-512, 16 on AVX2
+# A conv's items are cut into this many runs, and numba deals the runs out to its threads: 60 is an equal
+# share for 1 to 6 threads, and the thread count is not written into the code (one compile for any).
+PARTS = 60
 # fastmath without `reassoc`: FMAs contracted, but LLVM may not reorder the sums, so it leaves the tile's
 # loop alone and its SLP vectorizer packs the tile's scalars into vectors (with reassoc it vectorised
 # the sum with gathers: 10x slower).
@@ -72,7 +79,7 @@ def tile_name(step: spec.Step, lanes: int = PANEL, pixels: int = PIXELS) -> str:
 
 def tile_source(step: spec.Step, lanes: int = PANEL, pixels: int = PIXELS) -> str:
     """The micro-kernel: `pixels` output pixels x one panel of 64 output channels, held in registers
-    (`c{pixel}_{channel}`: 24 AVX-512 vectors once LLVM's SLP vectorizer packs them) for the whole sum.
+    (`c{pixel}_{channel}`: pixels x VECTORS vector registers once LLVM's SLP vectorizer packs them) for the whole sum.
     Each step of the sum loads the panel's 64 weights for one input float once (4 vectors) and
     broadcasts each pixel's input float: pixels x 4 vector FMAs, no horizontal sum. Then 07's epilogue,
     on the registers: + bias, + the residual, ReLU, the first `lanes` channels into y.
@@ -174,12 +181,13 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f"    pixels = x.shape[0] * {hw}  # the GEMM's rows: a batch is more pixels",
         f"    tiles = (pixels + {pixels - 1}) // {pixels}",
         f"    items = tiles * {panels}  # {'tile by tile' if tiles_first(c, order) else 'panel by panel'}",
-        f"    parts = min({numba.config.NUMBA_NUM_THREADS}, items)  # numba's threads",
+        f"    parts = min({PARTS}, items)  # runs of consecutive items, shared out among the threads",
+        f"    ats = np.empty((parts, 3, {pixels}), np.int64)  # where each pixel's input, output, residual are",
         "    xs, ys = x.reshape(-1), y.reshape(-1)",
         *(["    rs = res.reshape(-1)"] if res else []),
         f"    window = np.array(({c.kernel}, {row}, {c.kernel * c.cin}))  # taps, floats between them, floats in each",
-        "    for part in prange(parts):  # one run of consecutive items per thread",
-        f"        at = np.empty((3, {pixels}), np.int64)  # where each pixel's input, output, residual are",
+        "    for part in prange(parts):  # numba gives each thread an equal share of the runs",
+        "        at = ats[part]",
         "        for item in range(part * items // parts, (part + 1) * items // parts):",
         *["            " + b for b in body],
     ]

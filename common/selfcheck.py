@@ -1,0 +1,79 @@
+"""A stage's compiled code checks its own answer before it is used, whenever it came from a cache.
+
+numba's on-disk cache hands back machine code compiled in another process. Checksums (common.jit_cache)
+catch damaged files; they cannot catch code that is intact and wrong (08's NOTES record tile variants that
+were right when compiled and wrong when the same module was loaded from numba's cache). So:
+
+- when a stage's forward pass is compiled in this process, its logits for a fixed input (seeded noise,
+  one image, one thread) are recorded beside the generated code, for these weights;
+- when it comes from the cache, it computes them again and they must be the same bit for bit; when no
+  record exists for these weights (a new store), the logits are judged against ONNX Runtime instead,
+  and recorded when they pass;
+- anything else throws the cached code away and compiles afresh, with one line on stderr saying so.
+
+The check costs one forward pass of one image and a checksum of the packed weights (measured in
+docs/design.md: about 0.1-0.3 s of a warm start).
+"""
+
+import contextlib
+import hashlib
+import io
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from common.files import write_atomic
+from common.inputs import SHAPE
+
+PROBE_SEED = 20261201
+
+
+def probe() -> np.ndarray:
+    """The fixed input: one image of seeded noise in the range a normalised photo has."""
+    return np.random.default_rng(PROBE_SEED).standard_normal((1, *SHAPE), dtype=np.float32)
+
+
+def weights_digest(params: np.ndarray) -> str:
+    return hashlib.sha256(memoryview(np.ascontiguousarray(params)).cast("B")).hexdigest()[:20]
+
+
+def record_path(folder: Path, params: np.ndarray) -> Path:
+    return folder / f"selfcheck-{weights_digest(params)}.npy"
+
+
+def save(path: Path, logits: np.ndarray) -> None:
+    """Written atomically; a cache that cannot be written only means the next start judges again."""
+    out = io.BytesIO()
+    np.save(out, np.ascontiguousarray(logits), allow_pickle=False)
+    with contextlib.suppress(OSError):
+        write_atomic(path, out.getvalue())
+
+
+def recorded(path: Path) -> np.ndarray | None:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None  # absent or damaged: judged as if new
+
+
+def verify(logits: np.ndarray, path: Path, judge: Callable[[np.ndarray], str | None]) -> str | None:
+    """Why logits computed by cached code must not be trusted, or None (and recorded) when they are right.
+
+    judge(logits) returns why they are wrong, or None; it runs only when nothing is recorded yet."""
+    want = recorded(path)
+    if want is not None:
+        if want.shape == logits.shape and want.dtype == logits.dtype and want.tobytes() == logits.tobytes():
+            return None
+        bad = int(np.sum(want.reshape(-1).view(np.uint32) != logits.reshape(-1).view(np.uint32))) \
+            if want.shape == logits.shape and want.dtype == logits.dtype else logits.size
+        return f"its logits for the check input differ from those recorded when it was compiled ({bad} values)"
+    why = judge(logits)
+    if why is None:
+        save(path, logits)
+    return why
+
+
+def say(where: str, why: str) -> None:
+    print(f"{where}: cached compiled code not used: {why}; compiling again", file=sys.stderr, flush=True)
