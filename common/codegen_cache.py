@@ -18,16 +18,23 @@ import argparse
 import hashlib
 import importlib.util
 import os
+import pickle
 import re
+import subprocess
 import sys
+import tempfile
+import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import ModuleType
 
 import numba
+import numpy as np
+from tqdm import tqdm
 
 from common import files, isa, jit_cache
 from common.errors import CacheError
-from common.paths import CACHE_ENV, cache_base, cache_dir
+from common.paths import CACHE_ENV, ROOT, cache_base, cache_dir
 
 FILE = "resnet50_generated.py"
 FOLDER = re.compile(r"^\d\d_\w+-[0-9a-f]{20}$")
@@ -50,10 +57,11 @@ def key(source: str) -> str:
     return hashlib.sha256(f"{source}{made_by}".encode()).hexdigest()[:20]
 
 
-def load(source: str, stage: str, fresh: bool = False) -> ModuleType:
+def load(source: str, stage: str, in_memory: bool = False) -> ModuleType:
     """Import `source` (written by `stage`, e.g. "05_codegen") from the private cache, writing it first.
 
-    fresh: import it again under a new name (after `forget`, so numba compiles it anew)."""
+    in_memory: compiled in this process and never cached, under a name of its own (also what a read-only
+    cache folder gets)."""
     digest = key(source)
     folder = cache_dir("codegen", f"{stage}-{digest}")
     path = folder / FILE
@@ -63,20 +71,97 @@ def load(source: str, stage: str, fresh: bool = False) -> ModuleType:
     except OSError as e:
         raise CacheError(f"{folder}: cannot write the generated code there: {e.strerror or e}; "
                          f"free some space, make it writable, or set {CACHE_ENV}") from None  # fmt: skip
-    if not os.access(folder, os.W_OK) or not _pycache_writable(folder):
+    if not in_memory and (not os.access(folder, os.W_OK) or not _pycache_writable(folder)):
         # numba would put the compiled code in ~/.cache/numba, where nothing checks it: keep it in memory.
         print(f"{folder}: cache folder is read-only: compiling in memory for this run", file=sys.stderr, flush=True)
-        in_memory = source.replace("cache=True", "cache=False")
-        return _import(in_memory, path, f"resnet50_generated_{stage}_{digest}_in_memory")
+        in_memory = True
+    if in_memory:
+        uncached = source.replace("cache=True", "cache=False")
+        return _import(uncached, path, f"resnet50_generated_{stage}_{digest}_in_memory")
     jit_cache.install(folder)
-    name = f"resnet50_generated_{stage}_{digest}"
-    if fresh:
-        _fresh[name] = _fresh.get(name, 0) + 1
-        name += f"_again{_fresh[name]}"
-    return _import(None, path, name)
+    return _import(None, path, f"resnet50_generated_{stage}_{digest}")
 
 
-_fresh: dict[str, int] = {}
+@contextmanager
+def slp_vectorizer():
+    """LLVM's SLP vectorizer on for what numba compiles inside the block, then numba's setting as it was.
+
+    numba turns it off by default (NUMBA_SLP_VECTORIZE=0) and reads the setting each time it builds its
+    optimisation passes, so this changes one stage's kernels and no one else's, in the same process.
+    """
+    before = numba.config.SLP_VECTORIZE
+    numba.config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        numba.config.SLP_VECTORIZE = before
+
+
+# numba's cache keeps a caller's machine code with its own copies of the kernels it calls, linked in and
+# optimised again with it, while the process that compiled them runs each kernel's own machine code
+# (docs/numba-cache-bug.md). So the process that compiles is never the one that runs: a child compiles
+# the forward pass into the cache, and every process, this one included, runs the code the cache holds.
+COMPILE = r"""
+import sys
+from pathlib import Path
+from common import codegen_cache
+codegen_cache.compile_here(Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "slp")
+"""
+
+
+def signature(args: tuple) -> tuple:
+    return tuple(numba.typeof(a) for a in args)
+
+
+def forward_args() -> tuple:
+    """Arguments of the types every generated forward pass takes (x, params, arena, scratch, b, first, last)."""
+    one = np.zeros(1, np.float32)
+    return np.zeros((1, 3, 224, 224), np.float32), one, one.copy(), one.copy(), 1, 0, 0
+
+
+def in_cache(module: ModuleType) -> bool:
+    """Does numba's cache next to the module hold its forward pass for the usual argument types? (Read from
+    numba's index, checksummed by common.jit_cache, without loading any code.)"""
+    forward = module.forward
+    try:
+        key = forward._cache._index_key(signature(forward_args()), forward.targetctx.codegen())
+        return key in forward._cache._cache_file._load_index()
+    except (AttributeError, OSError, EOFError, pickle.UnpicklingError):
+        return False  # a numba whose cache looks different: compile
+
+
+def compile_here(folder: Path, name: str, slp: bool) -> None:
+    """The child's side: import the module under its name, compile its forward pass into the cache."""
+    jit_cache.install(folder)
+    module = _import(None, folder / FILE, name)
+    with slp_vectorizer() if slp else nullcontext():
+        module.forward.compile(signature(forward_args()))
+
+
+def compile_in_child(module: ModuleType, slp: bool, label: str) -> float:
+    """Compile the module's forward pass into numba's cache in a child process, with a clock running on a
+    terminal; returns the seconds it took. Its errors are the child's, as one line."""
+    folder = Path(module.__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    args = [sys.executable, "-c", COMPILE, str(folder), module.__name__, "slp" if slp else "-"]
+    start = time.perf_counter()
+    clock = tqdm(desc=f"compiling {label} (once per target)", bar_format="{desc}: {elapsed}", disable=None, leave=False)
+    with tempfile.TemporaryFile() as err, clock:
+        child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=ROOT)
+        try:
+            while child.poll() is None:
+                time.sleep(0.5)
+                clock.update(0)
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+        if child.returncode:
+            err.seek(0)
+            lines = [line for line in err.read().decode(errors="replace").splitlines() if line.strip()]
+            why = lines[-1] if lines else f"exit status {child.returncode}"
+            raise CacheError(f"{folder}: compiling the generated code failed: {why}")
+    return time.perf_counter() - start
 
 
 def _import(source: str | None, path: Path, name: str) -> ModuleType:

@@ -4,11 +4,10 @@ numba's on-disk cache hands back machine code compiled in another process. Check
 catch damaged files; they cannot catch code that is intact and wrong (08's NOTES record tile variants that
 were right when compiled and wrong when the same module was loaded from numba's cache). So:
 
-- when a stage's forward pass is compiled in this process, its logits for a fixed input (seeded noise,
-  one image, one thread) are recorded beside the generated code, for these weights;
-- when it comes from the cache, it computes them again and they must be the same bit for bit; when no
-  record exists for these weights (a new store), the logits are judged against ONNX Runtime instead,
-  and recorded when they pass;
+- the first time a stage's compiled forward pass meets a weight store, its logits for a fixed input
+  (seeded noise, one image, one thread) are judged against ONNX Runtime and, when they pass, recorded
+  beside the generated code for these weights;
+- every later load computes them again, and they must be the same bit for bit;
 - anything else throws the cached code away and compiles afresh, with one line on stderr saying so.
 
 The check costs one forward pass of one image and a checksum of the packed weights (measured in
@@ -58,11 +57,15 @@ def recorded(path: Path) -> np.ndarray | None:
         return None  # absent or damaged: judged as if new
 
 
-def verify(logits: np.ndarray, path: Path, judge: Callable[[np.ndarray], str | None]) -> str | None:
+Judge = Callable[[np.ndarray], str | None]
+
+
+def verify(logits: np.ndarray, path: Path, judge: Judge, record: bool = True) -> str | None:
     """Why logits computed by cached code must not be trusted, or None (and recorded) when they are right.
 
-    judge(logits) returns why they are wrong, or None; it runs only when nothing is recorded yet."""
-    want = recorded(path)
+    judge(logits) returns why they are wrong, or None; it runs only when nothing is recorded yet (and code
+    compiled in memory only is judged, never recorded: record=False)."""
+    want = recorded(path) if record else None
     if want is not None:
         if want.shape == logits.shape and want.dtype == logits.dtype and want.tobytes() == logits.tobytes():
             return None
@@ -70,9 +73,15 @@ def verify(logits: np.ndarray, path: Path, judge: Callable[[np.ndarray], str | N
             if want.shape == logits.shape and want.dtype == logits.dtype else logits.size
         return f"its logits for the check input differ from those recorded when it was compiled ({bad} values)"
     why = judge(logits)
-    if why is None:
+    if why is None and record:
         save(path, logits)
     return why
+
+
+def forget(folder: Path) -> None:
+    """Drop a folder's records: its code was compiled again, and is judged again."""
+    for path in folder.glob("selfcheck-*.npy"):
+        path.unlink(missing_ok=True)
 
 
 def say(where: str, why: str) -> None:
