@@ -91,7 +91,9 @@ test: weights-ready
 	if [ $$rc -eq 5 ]; then echo "test: pytest collected no tests; failing" >&2; exit 1; fi; exit $$rc
 
 # What `make bench` and `make cpp` both pass on: the stages to run, a quick pass.
-BENCH_ARGS = $(if $(call given,STAGES),--stages=$(call q,STAGES)) $(if $(call given,QUICK),--quick)
+# QUICK=1 (or any value but 0, no, false) asks for a quick pass.
+quick = $(if $(filter-out 0 no false,$(call given,QUICK)),--quick)
+BENCH_ARGS = $(if $(call given,STAGES),--stages=$(call q,STAGES)) $(quick)
 
 bench: weights-ready
 	@$(RUN) -m bench.run $(BENCH_ARGS)
@@ -129,7 +131,7 @@ diff:
 	diff -ru --exclude=__pycache__ "$$a" "$$b" | { if [ -t 1 ] && command -v colordiff >/dev/null; then colordiff; else cat; fi; }; true
 
 ablate: weights-ready
-	@$(RUN) -m bench.ablate --stage=$(if $(call given,STAGE),$(call q,STAGE),05) $(if $(call given,QUICK),--quick)
+	@$(RUN) -m bench.ablate --stage=$(if $(call given,STAGE),$(call q,STAGE),05) $(quick)
 
 codegen: weights-ready
 	@$(RUN) -m bench.codegen_dump --out codegen

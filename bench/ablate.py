@@ -28,9 +28,9 @@ from bench.chart import publish, save_figure
 from bench.measure import Entry, prepare, time_latency
 from bench.regression import machine_key
 from bench.report import fmt_ms, md
-from bench.results import signals_held, write_atomic
 from common import stages
 from common.errors import LadderError
+from common.files import signals_held, write_atomic
 from common.images import load_batch, sample_images
 from common.paths import RESULTS_DIR
 from common.reference import Reference
@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = measure(args.stage, 4.0 if args.quick else 15.0, 4 if args.quick else 20)
         print(table(data))
+        if args.quick:  # a few repeats are a look, not a record: NOTES.md quotes full runs only
+            print("ablate: quick run: NOTES.md and results/ left as they are (run without QUICK=1 to record)")
+            return 0
         notes = stages.find(args.stage).folder / "NOTES.md"
         text = notes_text(notes, data)
         figure = chart(data, args.out / f"ablate-{data['stage']}.png")

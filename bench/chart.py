@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bench import report, results
+from common import files
 from common.errors import LadderError
 from common.paths import RESULTS_DIR, ROOT
 
@@ -258,11 +259,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{readme}: no results markers; table not written", file=sys.stderr)
         pairs = render(res, args.out)
         try:
-            with results.signals_held():  # the charts and the table change together, or not at all
+            with files.signals_held():  # the charts and the table change together, or not at all
                 for path in publish(pairs):
                     print(path)
                 if readme is not None and text is not None:
-                    results.write_atomic(readme, text)
+                    files.write_atomic(readme, text)
         finally:
             discard(pairs)
     except LadderError as e:

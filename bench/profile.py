@@ -22,9 +22,9 @@ from matplotlib.patches import Patch
 
 from bench import ort_profile, peak
 from bench.chart import publish, save_figure
-from bench.results import signals_held, write_atomic
 from common import spec, stages
 from common.errors import LadderError
+from common.files import signals_held, write_atomic
 from common.images import load_batch, sample_images
 from common.inputs import check_threads
 from common.paths import RESULTS_DIR
@@ -57,6 +57,17 @@ def build(stage: str, store: WeightStore, threads: int | None):
     if threads not in (None, 1):
         raise LadderError(f"{info.name} runs on one thread; THREADS={threads} is for stages 06 and later")
     return info, module.ResNet50(store), 1
+
+
+def positive(text: str) -> int:
+    """A count of at least 1, for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def measure(stage: str, passes: int, threads: int | None = None) -> tuple[str, int, list[dict], dict]:
@@ -162,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", default="06")
     parser.add_argument("--threads", type=int, default=None, help="default: 1, or every core for 06 and later")
-    parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--passes", type=positive, default=5, help="passes over the network (best of them is kept)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     try:

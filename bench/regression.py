@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.calibration import BUSY_EFFICIENCY, Calibration, busy
-from bench.results import write_atomic
 from common.errors import ResultsError
-from common.files import FileRefused, read_regular
+from common.files import FileRefused, read_regular, write_atomic
 from common.paths import RESULTS_DIR
 
 BASELINE = RESULTS_DIR / "baseline.json"

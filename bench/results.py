@@ -42,10 +42,7 @@ earlier results as they were and no partial JSON.
 import json
 import math
 import os
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from common.errors import ResultsError
@@ -58,9 +55,14 @@ REQUIRED = ("schema", "created", "settings", "machine", "peak", "flops_per_image
 MAX_RESULTS_BYTES = 64 * 2**20  # a full run writes about 30 KB
 
 
+# What a chart can draw: no latency of a week, no rate past an exaflop, no label longer than a line.
+MOST = 1e12
+MOST_LABEL = 200
+
+
 def _finite(value: object, positive: bool = True) -> bool:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    return ok and (value > 0 if positive else value >= 0)
+    return ok and (value > 0 if positive else value >= 0) and value < MOST
 
 
 def _need(ok: bool, origin: object, what: str) -> None:
@@ -104,8 +106,10 @@ def validate(results: object, origin: object = "results") -> dict:
         _need(isinstance(entry, dict), origin, f"entry {i} is not an object")
         for key in ("name", "label", "kind", "threads", "status"):
             _need(key in entry, origin, f"entry {i} lacks {key!r}")
-        where = f"entry {entry['name']!r}"
-        _need(isinstance(entry["name"], str) and isinstance(entry["label"], str), origin, f"{where}: name/label")
+        _need(isinstance(entry["name"], str) and isinstance(entry["label"], str), origin, f"entry {i}: name/label")
+        where = f"entry {entry['name'][:MOST_LABEL]!r}"
+        _need(max(len(entry["name"]), len(entry["label"])) <= MOST_LABEL, origin,
+              f"{where}: a name or label longer than {MOST_LABEL} characters")  # fmt: skip
         _need(entry["kind"] in ("stage", "peer"), origin, f"{where}: kind {entry['kind']!r}")
         _need(isinstance(entry["threads"], int) and entry["threads"] >= 1, origin, f"{where}: threads")
         _need(entry["threads"] in (1, peak["threads_all"]), origin, f"{where}: no peak for {entry['threads']} threads")
@@ -114,7 +118,7 @@ def validate(results: object, origin: object = "results") -> dict:
         latency = entry.get("latency_ms")
         _need(isinstance(latency, dict), origin, f"{where}: no latency_ms")
         for key in ("median", "min", "p90"):
-            _need(_finite(latency.get(key)), origin, f"{where}: latency_ms.{key} is not a positive number")
+            _need(_finite(latency.get(key)), origin, f"{where}: latency_ms.{key} is not a number in (0, {MOST:g})")
         for key in ("gflops", "peak_fraction"):
             _need(_finite(entry.get(key), positive=False), origin, f"{where}: {key} is not a number")
         throughput = entry.get("throughput")
@@ -158,16 +162,6 @@ def load(path: str | os.PathLike) -> dict:
         raise ResultsError(f"{path}: not readable JSON ({str(e).splitlines()[0]})") from None
     return validate(data, path)
 
-
-@contextmanager
-def signals_held() -> Iterator[None]:
-    """Ctrl-C and `kill` wait until the block is done: files written in it change together, or not at all."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def save(results: dict, folder: Path, latest: bool = True) -> Path:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from bench import chart, cpp, machine, peak, peers, pure_python, report, results
 from bench.calibration import BUSY_EFFICIENCY, Calibration
 from bench.measure import Entry, Turns, prepare, summary, time_latency, time_throughput
-from common import spec, stages
+from common import files, spec, stages
 from common.errors import LadderError
 from common.images import load_batch, sample_images
 from common.paths import RESULTS_DIR, ROOT
@@ -239,11 +239,11 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None,
         say(f"bench: {readme} has no results markers; table not written")
     pairs = chart.render(data, out_dir)
     try:
-        with results.signals_held():  # results, charts and table change together, or not at all
+        with files.signals_held():  # results, charts and table change together, or not at all
             path = results.save(data, out_dir)
             chart.publish(pairs)
             if readme is not None and text is not None:
-                results.write_atomic(readme, text)
+                files.write_atomic(readme, text)
     finally:
         chart.discard(pairs)
     say(f"bench: wrote {path}, {out_dir / 'latest.json'} and the charts in {out_dir}/")

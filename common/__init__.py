@@ -8,8 +8,15 @@ unless the user chose a layer with NUMBA_THREADING_LAYER or NUMBA_THREADING_LAYE
 """
 
 import os
+import sys
 
-import numba
+# numba reads NUMBA_NUM_THREADS when it is imported and answers a bad value with a traceback: one line instead.
+_threads = os.environ.get("NUMBA_NUM_THREADS")
+if _threads is not None and not (_threads.strip().isdigit() and int(_threads) >= 1):
+    print(f"NUMBA_NUM_THREADS={_threads!r}: must be a whole number of threads, at least 1", file=sys.stderr)
+    raise SystemExit(2)
+
+import numba  # noqa: E402  (after the check above)
 
 OPENMP_FIRST = ["omp", "tbb", "workqueue"]
 

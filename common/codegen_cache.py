@@ -15,6 +15,7 @@ folder with anything else in it is named and left alone.
 """
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -232,17 +233,22 @@ def clean(base: Path | None = None) -> tuple[list[Path], list[tuple[Path, str]]]
         if foreign:
             kept.append((folder, f"holds {foreign[0].name!r}, which this project did not write"))
             continue
-        pycache = folder / "__pycache__"
-        if pycache.is_dir():
-            for p in pycache.iterdir():
+        try:
+            pycache = folder / "__pycache__"
+            if pycache.is_dir():
+                for p in pycache.iterdir():
+                    p.unlink()
+                pycache.rmdir()
+            for p in folder.iterdir():
                 p.unlink()
-            pycache.rmdir()
-        for p in folder.iterdir():
-            p.unlink()
-        folder.rmdir()
+            folder.rmdir()
+        except OSError as e:  # a read-only or vanished cache: say so, go on with the rest
+            kept.append((folder, f"could not be removed ({e.strerror or e})"))
+            continue
         removed.append(folder)
-    if not any(root.iterdir()):
-        root.rmdir()
+    with contextlib.suppress(OSError):
+        if not any(root.iterdir()):
+            root.rmdir()
     return removed, kept
 
 

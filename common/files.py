@@ -7,7 +7,10 @@ what the caller expects, and only then read.
 """
 
 import os
+import signal
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -52,6 +55,17 @@ def check_regular(path: str | os.PathLike, max_bytes: int) -> int:
     open the file themselves (safetensors, torch)."""
     with open_regular(path, max_bytes) as f:
         return os.fstat(f.fileno()).st_size
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and `kill` wait until the block is done: files written in it change together, or not at all."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:

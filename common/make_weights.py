@@ -23,7 +23,7 @@ from common.errors import LadderError, WeightsError
 from common.files import check_regular
 from common.images import load_batch, sample_images
 from common.paths import weights_dir
-from common.weights import WeightStore, max_npy_bytes, replaceable_files, write_store
+from common.weights import WeightStore, max_npy_bytes, replaceable_files, store_identity, write_store
 
 RANDOM_LICENCE = "none needed: random numbers (seeded), not a trained model"
 TORCHVISION_LICENCE = "BSD-3-Clause (torchvision ResNet50_Weights.IMAGENET1K_V1)"
@@ -214,13 +214,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dest", type=Path, default=None, help="store folder (default: $RESNET50_WEIGHTS or weights/)")
     parser.add_argument("--force", action="store_true", help="with --source auto: re-make a valid store")
     args = parser.parse_args(argv)
+    dest = args.dest or weights_dir()
+    before = store_identity(dest)
     try:
-        make(args.source, args.dest or weights_dir(), args.seed, args.force)
+        make(args.source, dest, args.seed, args.force)
     except LadderError as e:
         say(f"error: {e}")
         return 2
+    except OSError as e:  # a full or read-only disk: nothing was swapped in (write_store cleans up)
+        say(f"error: {getattr(e, 'filename', None) or dest}: {e.strerror or e}; the store was left as it was")
+        return 2
     except KeyboardInterrupt:
-        say("interrupted; the store was left as it was")
+        # The swap itself cannot be interrupted (signals are held), so the store is the old one or the new one.
+        if store_identity(dest) == before:
+            say("interrupted; the store was left as it was")
+        else:
+            say(f"interrupted after the new store was in place at {dest}; it is complete")
         return 130
     return 0
 

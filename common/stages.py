@@ -46,7 +46,7 @@ def select(keys: str | None) -> list[StageInfo]:
     """'01,06' -> those stages; None or '' or 'all' -> every stage."""
     if not keys or keys.strip().lower() == "all":
         return available()
-    return [find(k) for k in keys.split(",") if k.strip()]
+    return list(dict.fromkeys(find(k) for k in keys.split(",") if k.strip()))  # each once: 09,09 is 09
 
 
 def load(stage: StageInfo | str) -> ModuleType:

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ import numpy as np
 
 from common import spec
 from common.errors import WeightsError
-from common.files import FileRefused, describe, read_regular
+from common.files import FileRefused, describe, read_regular, signals_held
 from common.paths import WEIGHTS_ENV, weights_dir
 
 MANIFEST = "manifest.json"
@@ -51,6 +52,7 @@ class WeightStore:
             raise WeightsError(
                 f"{self.path}: no weight store here; run `make weights` (or point RESNET50_WEIGHTS at one)"
             )
+        self._identity = store_identity(self.path)
         self.manifest = _read_manifest(self.path)
         self._entries: dict[str, dict[str, Any]] = self.manifest["tensors"]
         if verify:
@@ -76,10 +78,19 @@ class WeightStore:
         if name not in self._entries:
             raise WeightsError(f"{self.path}: the store has no tensor named {name!r}")
         path = tensor_file(self.path, name)
+        self._check_unchanged()
         data = _read_tensor_file(path, name, self.shape(name))
+        self._check_unchanged()  # a read that straddled a swap may hold either store's bytes
         array = _parse_npy(path, name, data)
         _check_array(path, name, array, self.shape(name))
         return array
+
+    def _check_unchanged(self) -> None:
+        """A store replaced under us (`make weights FORCE=1` in another shell) is an error, not a mix: one
+        stat of the manifest per tensor read, not a checksum of every byte."""
+        if store_identity(self.path) != self._identity:
+            raise WeightsError(f"{self.path}: the weight store was replaced while in use (by `make weights`?); "
+                               "its tensors would mix two stores: run again")  # fmt: skip
 
     def load_all(self) -> dict[str, np.ndarray]:
         return {name: self.load(name) for name in self._entries}
@@ -144,6 +155,15 @@ def _check_array(path: Path, name: str, array: np.ndarray, shape: tuple[int, ...
         raise WeightsError(f"{path}: tensor {name} is {array.dtype}, expected float32; {REMAKE}")
     if array.shape != shape:
         raise WeightsError(f"{path}: tensor {name} has shape {array.shape}, expected {shape}; {REMAKE}")
+
+
+def store_identity(store: Path) -> tuple[int, int, int] | None:
+    """What changes when a store is swapped in at `store`: its manifest file's inode, mtime and size."""
+    try:
+        info = os.stat(store / MANIFEST)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
 
 
 def _read_manifest(store: Path) -> dict[str, Any]:
@@ -237,6 +257,7 @@ def write_store(
     dest = Path(dest)
     owned = replaceable_files(dest)  # before writing anything: refuse a path that is not ours to replace
     dest.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(dest)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
     tmp.mkdir()
     try:
@@ -262,10 +283,34 @@ def write_store(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         _fsync_tree(tmp)
-        _swap_in(tmp, dest, owned)
+        with signals_held():  # Ctrl-C waits: the old store stays, or the new one is in place and the old gone
+            _swap_in(tmp, dest, owned)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def clean_leftovers(dest: Path) -> list[Path]:
+    """Remove what interrupted runs of ours left beside `dest` (.NAME.tmp-PID-NS and .NAME.old-PID-NS
+    folders of processes that are gone); return what was removed."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(tmp|old)-(\d+)-\d+$")
+    for path in dest.parent.iterdir() if dest.parent.is_dir() else []:
+        found = pattern.match(path.name)
+        if found and path.is_dir() and not path.is_symlink() and not _alive(int(found.group(2))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench import results
-from common import codegen_cache
+from common import codegen_cache, files
 from common.errors import CacheError
 from common.paths import CACHE_ENV, ROOT, cache_dir
 from common.reference import compare
@@ -197,7 +197,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
 
     monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(OSError, match="No space"):
-        results.write_atomic(latest, "new\n")
+        files.write_atomic(latest, "new\n")
     assert latest.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["latest.json"]
 
 
@@ -322,3 +322,28 @@ def test_fuzzed_images_give_only_image_errors_in_bounded_time_and_memory():
     _slowest_s, peak_mib, loaded, refused = map(float, run.stdout.split())
     assert peak_mib < 1024, run.stdout  # time is bounded by the timeout: tests do not assert on the clock
     assert loaded > 0 and refused > 0, run.stdout  # both sides of the loader were exercised
+
+
+def test_a_read_only_cache_compiles_in_memory_and_writes_nowhere(tmp_path, monkeypatch, capsys):
+    """numba falls back to ~/.cache/numba (unchecked) when it cannot write next to the source; generated code
+    in a read-only cache folder is compiled in memory instead, with one line saying so."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(codegen_cache.os, "access", lambda path, mode: False)  # as on a read-only mount
+    source = "from numba import njit\n\n\n@njit(cache=True)\ndef forward(x):\n    return x + 1\n"
+    module = codegen_cache.load(source, "00_tiny")
+    assert module.forward(1) == 2 and module.__name__.endswith("_in_memory")
+    assert "read-only" in capsys.readouterr().err
+    assert not list((tmp_path / "cache").rglob("__pycache__")), "numba wrote a cache after all"
+
+
+def test_clean_cache_on_a_folder_it_cannot_change_is_one_line_per_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "codegen" / f"05_codegen-{'0' * 20}"
+    folder.mkdir(parents=True)
+    (folder / codegen_cache.FILE).write_text("# generated\n")
+
+    def refuse(self, missing_ok=False):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    removed, kept = codegen_cache.clean(tmp_path)
+    assert removed == [] and kept == [(folder, "could not be removed (Read-only file system)")]

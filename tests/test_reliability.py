@@ -316,8 +316,10 @@ def deep(results_: dict, path: str, value) -> dict:
     ("path", "value", "why"),
     [
         ("entries.0.latency_ms", KeyError, "no latency_ms"),
-        ("entries.0.latency_ms.median", 0, "latency_ms.median is not a positive number"),
-        ("entries.0.latency_ms.median", float("nan"), "latency_ms.median is not a positive number"),
+        ("entries.0.latency_ms.median", 0, "latency_ms.median is not a number in (0, 1e+12)"),
+        ("entries.0.latency_ms.median", float("nan"), "latency_ms.median is not a number in"),
+        ("entries.0.latency_ms.median", 1e308, "latency_ms.median is not a number in"),  # was a matplotlib traceback
+        ("entries.0.label", "x" * 1_000_000, "longer than 200 characters"),  # was 10 minutes of drawing
         ("entries", [], "no entries"),
         ("peak.gflops_1_thread", "fast", "peak.gflops_1_thread"),
         ("machine.cpu", KeyError, "machine.cpu"),
@@ -411,3 +413,22 @@ def test_numba_runs_on_openmp_unless_the_user_picks_a_layer(env, layer):
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert run.stdout.split()[-1] == layer
+
+
+def test_a_stage_named_twice_is_timed_once():
+    assert [s.key for s in stages.select("09,09,9")] == ["09"]
+
+
+@pytest.mark.parametrize("quick, wanted", [("1", True), ("0", False), ("no", False), ("", False)])
+def test_quick_0_is_not_quick(quick, wanted):
+    run = subprocess.run(["make", "-n", "bench", f"QUICK={quick}"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0 and ("--quick" in run.stdout) == wanted, run.stdout
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_bad_thread_or_pass_counts_are_one_line(value):
+    threads = run_python("-m", "common.classify", "--help", env={"NUMBA_NUM_THREADS": value})
+    assert threads.returncode == 2 and "NUMBA_NUM_THREADS" in threads.stderr
+    assert len(threads.stderr.strip().splitlines()) == 1, threads.stderr
+    passes = run_python("-m", "bench.profile", "--stage", "05", "--passes", value)
+    assert passes.returncode == 2 and "at least 1" in passes.stderr and "Traceback" not in passes.stderr

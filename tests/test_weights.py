@@ -1,6 +1,8 @@
 """Making weight stores: every importer, the random path for real, and the hub path with a stand-in server."""
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ from common import hub, make_weights, spec
 from common.errors import WeightsError
 from common.images import load_batch, sample_images
 from common.reference import Reference
-from common.weights import WeightStore, normalise_tensors
+from common.weights import WeightStore, clean_leftovers, normalise_tensors
 
 
 def checksums(path: Path) -> dict[str, str]:
@@ -290,3 +292,45 @@ def test_interrupted_store_write_keeps_the_old_store(monkeypatch, tensors, tmp_p
     monkeypatch.undo()
     assert checksums(dest) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]
+
+
+def test_a_store_replaced_while_in_use_is_an_error_not_a_mix(copy_of):
+    """`make weights FORCE=1` in another shell while 01 reads its weights during a forward pass."""
+    store = WeightStore(copy_of, verify=False)
+    store.load("fc.bias")
+    other = copy_of.parent / "other"
+    shutil.copytree(copy_of, other)
+    copy_of.rename(copy_of.parent / "aside")
+    other.rename(copy_of)  # a new store at the same path, as write_store swaps one in
+    with pytest.raises(WeightsError, match="replaced while in use"):
+        store.load("fc.bias")
+
+
+def test_leftovers_of_interrupted_runs_are_cleaned_and_a_live_ones_kept(tmp_path):
+    dest = tmp_path / "weights"
+    dead = [tmp_path / ".weights.old-999999999-1", tmp_path / ".weights.tmp-999999999-2"]
+    live = tmp_path / f".weights.old-{os.getpid()}-3"
+    for folder in [*dead, live]:
+        folder.mkdir()
+        (folder / "fc.bias.npy").write_bytes(b"x")
+    (tmp_path / ".weights.old-notapid").mkdir()  # not a name we write: left alone
+    assert sorted(clean_leftovers(dest)) == sorted(dead)
+    assert live.exists() and (tmp_path / ".weights.old-notapid").exists()
+
+
+@pytest.mark.parametrize("swapped", [False, True])
+def test_ctrl_c_says_which_store_is_in_place(tmp_path, store, monkeypatch, capsys, swapped):
+    dest = tmp_path / "weights"
+    shutil.copytree(store.path, dest)
+
+    def interrupted(source, where, seed, force):
+        if swapped:
+            (where / "manifest.json").write_text((where / "manifest.json").read_text())  # a new manifest
+            os.utime(where / "manifest.json", ns=(1, 1))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(make_weights, "make", interrupted)
+    assert make_weights.main(["--dest", str(dest)]) == 130
+    out = capsys.readouterr()
+    said = out.err + out.out
+    assert ("in place" in said) == swapped and ("left as it was" in said) == (not swapped), said
