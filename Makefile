@@ -37,11 +37,12 @@ KNOBS := CPP_SRC IMG STAGE STAGES SOURCE SEED FORCE FORMAT RESULTS A B QUICK THR
 unexport $(KNOBS)
 BENCH_COLUMNS := --benchmark-columns=min,median,rounds --benchmark-sort=name
 
-.PHONY: help setup lock weights weights-ready test bench cpp chart classify profile ablate regress baseline diff codegen lint torch openvino clean clean-cache
+.PHONY: help setup lock weights weights-ready test test-avx2 bench cpp chart classify profile ablate regress baseline diff codegen lint torch openvino clean clean-cache
 
 help:
 	@echo "make bench                  every stage and peer on images/, results/ + charts + README table (QUICK=1, STAGES=01,06)"
 	@echo "make test                   the test suite"
+	@echo "make test-avx2              the stage tests compiled for an AVX2-only CPU (Haswell), on any x86 machine"
 	@echo "make cpp CPP_SRC=path/to/cv_learning_resnet50   make bench with the C++ original built and run here too"
 	@echo "make classify IMG=photo.jpg [STAGE=01|ref] [FORMAT=json]   top-5 classes and latency"
 	@echo "make weights [SOURCE=auto|hub|random|torchvision|file.safetensors|.npz|.pth] [SEED=0] [FORCE=1]"
@@ -95,6 +96,15 @@ test: weights-ready
 quick = $(if $(filter-out 0 no false,$(call given,QUICK)),--quick)
 BENCH_ARGS = $(if $(call given,STAGES),--stages=$(call q,STAGES)) $(quick)
 
+# The stage tests as a CPU without AVX-512 runs them: numba compiles for Haswell (AVX2 + FMA, 16 ymm registers),
+# whatever this machine has (common.isa reads the target; generated code is cached per target).
+AVX2 := NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=
+STAGE_TESTS := tests/test_0*.py tests/test_stages_vs_judge.py tests/test_selfcheck.py tests/test_isa.py tests/test_peak.py \
+	tests/test_generated_code.py
+test-avx2: weights-ready
+	@$(AVX2) $(RUN) -m pytest $(STAGE_TESTS) $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "test-avx2: pytest collected no tests; failing" >&2; exit 1; fi; exit $$rc
+
 bench: weights-ready
 	@$(RUN) -m bench.run $(BENCH_ARGS)
 
@@ -133,7 +143,7 @@ diff:
 ablate: weights-ready
 	@$(RUN) -m bench.ablate --stage=$(if $(call given,STAGE),$(call q,STAGE),05) $(quick)
 
-codegen: weights-ready
+codegen: $(SETUP)
 	@$(RUN) -m bench.codegen_dump --out codegen
 
 lint: $(SETUP)

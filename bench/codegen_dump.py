@@ -1,15 +1,17 @@
 """`make codegen`: write the source that code-generating stages compile, to a visible folder to read.
 
-The stages themselves keep it in a private cache folder (see common/paths.py); this copy is for study.
+The stages themselves keep it in a private cache folder (see common/paths.py); this copy is for study. It
+needs no weight store and compiles nothing: the source depends on the shapes alone.
 """
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from common import stages
 from common.errors import LadderError
-from common.weights import WeightStore
+from common.generated import ShapesOnly, source_only
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,17 +19,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("codegen"))
     args = parser.parse_args(argv)
     try:
-        store = WeightStore(verify=False)
         args.out.mkdir(parents=True, exist_ok=True)
         for info in stages.available():
             module = stages.load(info)
             if not hasattr(module, "generate"):
                 continue
-            source = module.ResNet50(store).source
+            with source_only():
+                source = module.ResNet50(ShapesOnly()).source
             path = args.out / f"{info.name}.py"
             path.write_text(source, encoding="utf-8")
-            kernels = source.count("\ndef conv_")
-            print(f"{path}: {len(source.splitlines())} lines, {kernels} conv kernels (search for a layer's name)")
+            kernels = len(re.findall(r"^def ", source, re.M))
+            print(f"{path}: {len(source.splitlines())} lines, {kernels} functions (search for a layer's name)")
     except LadderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

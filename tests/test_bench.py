@@ -202,3 +202,18 @@ def test_each_rung_is_compared_with_the_rung_before_at_its_own_thread_count():
         ("06_threads", 1),
         ("06_threads", 2),
     ]
+
+
+def test_the_isa_table_puts_two_targets_side_by_side(small_results, tmp_path):
+    from bench import isa_compare
+
+    avx2 = json.loads(json.dumps(small_results))
+    avx2["machine"]["isa"] = {"name": "avx2", "emulated": True}
+    for e in avx2["entries"]:
+        if e.get("latency_ms"):
+            e["latency_ms"]["median"] *= 2
+    text = isa_compare.table([small_results, avx2])
+    assert "avx2 (emulated): ms" in text and "| ONNX Runtime |" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{isa_compare.BEGIN}\nold\n{isa_compare.END}\nafter\n")
+    assert isa_compare.main([str(tmp_path / "a.json"), "--readme", str(readme)]) == 2  # no such file: one line

@@ -20,7 +20,7 @@ from numba import njit, prange
 
 from common import isa, spec
 from common.arena import channels_last, pack_arrays
-from common.generated import GeneratedResNet50, activation, arena_view, local, plus, pool_view, times
+from common.generated import GeneratedResNet50, activation, arena_view, local, plus, pool_view, split, times
 from common.inputs import SHAPE
 
 # The tile for the register file numba compiles for (common.isa): pixels x vectors of output channels,
@@ -157,16 +157,15 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f" + {times(plus(ow, edge), c.cout)} + co",
         *([f"at[2, r] = p * {c.cout} + co"] if res else []),
     ]
-    tile, panel = ("item // {0}", "item % {0}") if tiles_first(c, order) else ("item % tiles", "item // tiles")
-    tile, panel = tile.format(panels), panel.format(panels)
+    tile, panel = split("item", panels) if tiles_first(c, order) else split("item", "tiles")[::-1]
     args = f"(xs, at, window, w[{panel}], bias[co : co + {PANEL}], ys{', rs' if res else ''})"
     call = [tile_name(step, min(c.cout, PANEL), pixels) + args]
     if c.cout > PANEL and c.cout % PANEL:
         call = [f"if co + {PANEL} <= {c.cout}:", "    " + call[0], "else:  # the last panel is short",
                 "    " + tile_name(step, c.cout % PANEL, pixels) + args]  # fmt: skip
     body = [
-        f"first = {tile} * {pixels}",
-        f"co = {panel} * {PANEL}",
+        f"first = {times(tile, pixels)}",
+        f"co = {times(panel, PANEL)}",
         f"for r in range({pixels}):",
         *["    " + w for w in where],
         *call,
@@ -180,7 +179,7 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f': {", ".join(layers)}."""',
         f"    pixels = x.shape[0] * {hw}  # the GEMM's rows: a batch is more pixels",
         f"    tiles = (pixels + {pixels - 1}) // {pixels}",
-        f"    items = tiles * {panels}  # {'tile by tile' if tiles_first(c, order) else 'panel by panel'}",
+        f"    items = {times('tiles', panels)}  # {'tile by tile' if tiles_first(c, order) else 'panel by panel'}",
         f"    parts = min({PARTS}, items)  # runs of consecutive items, shared out among the threads",
         f"    ats = np.empty((parts, 3, {pixels}), np.int64)  # where each pixel's input, output, residual are",
         "    xs, ys = x.reshape(-1), y.reshape(-1)",

@@ -23,7 +23,7 @@ from numba import njit, prange
 
 from common import isa, spec
 from common.arena import channels_last, pack_arrays
-from common.generated import GeneratedResNet50, activation, arena_view, local, plus, pool_view, times
+from common.generated import GeneratedResNet50, activation, arena_view, local, plus, pool_view, split, times
 from common.inputs import SHAPE
 
 # The tile for the register file numba compiles for (common.isa): pixels x vectors of output channels,
@@ -190,16 +190,15 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f" + {times(plus(ow, edge), c.cout)} + co",
         *([f"at[2, r] = p * {c.cout} + co"] if res else []),
     ]
-    tile, panel = ("item // {0}", "item % {0}") if tiles_first(c, order) else ("item % tiles", "item // tiles")
-    tile, panel = tile.format(panels), panel.format(panels)
+    tile, panel = split("item", panels) if tiles_first(c, order) else split("item", "tiles")[::-1]
     args = f"(xs, at, window, w[{panel}], bias[co : co + {PANEL}], ys{', rs' if res else ''})"
     call = [tile_name(step, min(c.cout, PANEL), pixels) + args]
     if c.cout > PANEL and c.cout % PANEL:
         call = [f"if co + {PANEL} <= {c.cout}:", "    " + call[0], "else:  # the last panel is short",
                 "    " + tile_name(step, c.cout % PANEL, pixels) + args]  # fmt: skip
     body = [
-        f"first = {tile} * {pixels}",
-        f"co = {panel} * {PANEL}",
+        f"first = {times(tile, pixels)}",
+        f"co = {times(panel, PANEL)}",
         f"for r in range({pixels}):",
         *["    " + w for w in where],
         *call,
@@ -213,7 +212,7 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f': {", ".join(layers)}."""',
         f"    pixels = x.shape[0] * {hw}  # the GEMM's rows: a batch is more pixels",
         f"    tiles = (pixels + {pixels - 1}) // {pixels}",
-        f"    items = tiles * {panels}  # {'tile by tile' if tiles_first(c, order) else 'panel by panel'}",
+        f"    items = {times('tiles', panels)}  # {'tile by tile' if tiles_first(c, order) else 'panel by panel'}",
         f"    parts = min({PARTS}, items)  # runs of consecutive items, shared out among the threads",
         f"    ats = np.empty((parts, 3, {pixels}), np.int64)  # where each pixel's input, output, residual are",
         "    xs, ys = x.reshape(-1), y.reshape(-1)",
@@ -304,8 +303,7 @@ def winograd_gemm_source(step: spec.Step, pixels: int = PIXELS, order: str = "by
     per_image, padded = winograd_shapes(c)
     panels = padded // PANEL
     weights = c.cin * padded * 4  # bytes of one point's u
-    tile, panel = ("g // {0}", "g % {0}") if tiles_first(c, order, weights) else ("g % groups", "g // groups")
-    tile, panel = tile.format(panels), panel.format(panels)
+    tile, panel = split("g", panels) if tiles_first(c, order, weights) else split("g", "groups")[::-1]
     points = POINTS * POINTS
     return "\n".join(
         [
@@ -317,8 +315,8 @@ def winograd_gemm_source(step: spec.Step, pixels: int = PIXELS, order: str = "by
             f"    v = scratch[: {points} * tiles * {c.cin}]",
             f"    m = scratch[{points} * tiles * {c.cin} : {points} * tiles * {c.cin + padded}]",
             f"    groups = (tiles + {pixels - 1}) // {pixels}",
-            f"    items = {points} * groups * {panels}  # point by point, then "
-            f"{'tile by tile' if tile.startswith('g //') else 'panel by panel'}",
+            f"    items = {points} * {times('groups', panels)}  # point by point, then "
+            f"{'tile by tile' if tiles_first(c, order, weights) else 'panel by panel'}",
             f"    parts = min({PARTS}, items)  # runs of consecutive items, shared out among the threads",
             f"    ats = np.empty((parts, 3, {pixels}), np.int64)  # where each tile's input and sums are",
             f"    window = np.array((1, 0, {c.cin}))  # one run of C floats",
@@ -326,9 +324,9 @@ def winograd_gemm_source(step: spec.Step, pixels: int = PIXELS, order: str = "by
             "    for part in prange(parts):  # numba gives each thread an equal share of the runs",
             "        at = ats[part]",
             "        for item in range(part * items // parts, (part + 1) * items // parts):",
-            f"            e, g = item // (groups * {panels}), item % (groups * {panels})",
-            f"            first = {tile} * {pixels}",
-            f"            co = {panel} * {PANEL}",
+            f"            e, g = {', '.join(split('item', times('groups', panels)))}",
+            f"            first = {times(tile, pixels)}",
+            f"            co = {times(panel, PANEL)}",
             f"            for r in range({pixels}):",
             "                t = min(first + r, tiles - 1)  # a short last group repeats its last tile",
             f"                at[0, r] = (t * {points} + e) * {c.cin}",
