@@ -65,7 +65,7 @@ def classify(model, path: Path, top: int) -> dict:
 
 
 def print_text(result: dict, label: str) -> None:
-    extra = f"; the first call also compiled for {result['compile_s']:.1f} s" if result["compile_s"] > 0.05 else ""
+    extra = f"; compiling first took {result['compile_s']:.1f} s, once" if result["compile_s"] > 0.05 else ""
     print(f"{result['file']}  ({label}: {result['latency_ms']:.1f} ms{extra})")
     for rank, entry in enumerate(result["top"], start=1):
         print(f"  {rank}. {100 * entry['probability']:5.1f}%  {entry['name']} ({entry['index']})")
@@ -102,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     if store.is_random:
         print(RANDOM_WARNING, file=sys.stderr)
     status = 0
+    built_compile = getattr(model, "compile_s", 0.0)  # a generated stage compiles in its constructor
     for path in paths:
         try:
             result = classify(model, path, args.top)
+            result["compile_s"] = round(result["compile_s"] + built_compile, 3)
+            built_compile = 0.0
         except (ImageError, OutputError) as e:
             print(f"error: {e}", file=sys.stderr)
             status = 2

@@ -160,7 +160,8 @@ def compile_in_child(module: ModuleType, slp: bool, label: str) -> float:
         if child.returncode:
             err.seek(0)
             lines = [line for line in err.read().decode(errors="replace").splitlines() if line.strip()]
-            why = lines[-1] if lines else f"exit status {child.returncode}"
+            errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]  # numba's are multi-line
+            why = (errors or lines or [f"exit status {child.returncode}"])[-1]
             raise CacheError(f"{folder}: compiling the generated code failed: {why}")
     return time.perf_counter() - start
 
