@@ -279,6 +279,34 @@ def test_a_busy_bench_is_saved_apart_and_publishes_nothing(small_results, tmp_pa
     assert path.exists() and (tmp_path / "latest.json").read_bytes() == before
 
 
+@pytest.mark.parametrize(
+    ("one", "two", "fraction", "effective", "busy"),
+    [
+        (116.8, 117.3, 0.9, False, True),  # a core was taken while the 2-thread peak was measured
+        (114.0, 219.0, 1.608, False, True),  # an engine above the peak: ONNX Runtime at 160.8%, published before
+        (114.0, 219.0, 1.2, True, False),  # Winograd's effective rate may pass the peak: it multiplies less
+        (114.0, 219.0, 0.9, False, False),
+    ],
+)
+def test_a_run_past_the_machines_limits_is_busy_not_a_result(one, two, fraction, effective, busy):
+    from bench.run import Contention
+
+    contention = Contention(2)
+    limit = {"gflops_1_thread": one, "gflops_all_threads": two}
+    contention.check_limits(limit, [{"name": "onnxruntime@2", "peak_fraction": fraction, "effective": effective}])
+    assert contention.busy == busy and (not busy or "limits" in contention.reason)
+
+
+def test_weights_onto_a_full_disk_are_one_line_and_leave_nothing(tmp_path, monkeypatch, capsys):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(make_weights, "make", full)
+    assert make_weights.main(["--dest", str(tmp_path / "weights")]) == 2
+    said = capsys.readouterr().err
+    assert "No space left on device" in said and "left as it was" in said and said.count("\n") == 1, said
+
+
 # ---------------------------------------------------------------- 7. one line at every boundary
 
 
