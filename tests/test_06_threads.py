@@ -9,6 +9,7 @@ import pytest
 from common import spec, stages
 from common.reference import compare
 from tests.odd_convs import odd_conv_errors
+from tests.source import parallel_regions_per_image
 
 
 def test_odd_channel_counts_on_1_2_and_3_threads_match_the_judges_conv():
@@ -44,14 +45,6 @@ def test_every_conv_kernel_splits_output_channels_across_threads(store):
     for k in convs:
         assert "parallel=True)\ndef conv_" in k
         assert "for i in prange(" in k and "for b in prange(" in k, k[:300]  # its copy, its output channels
-
-
-def parallel_regions_per_image(source: str) -> int:
-    """Every prange loop the forward pass enters for one image: a fork and a join of the thread pool each."""
-    blocks = {m.group(1): block for block in source.split("\n\n\n") if (m := re.search(r"^def (\w+)\(", block, re.M))}
-    forward = blocks["forward"][blocks["forward"].index("if first <= 0") :]
-    calls = re.findall(r"^\s+(\w+)\(", forward, re.M)
-    return sum(blocks[name].count("in prange(") for name in calls if name in blocks)
 
 
 def test_the_count_of_parallel_regions_per_image_is_what_notes_says(store):

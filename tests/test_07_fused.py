@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from common import spec, stages
 from common.reference import OPSET, compare, session
-from tests.test_06_threads import parallel_regions_per_image
+from tests.source import parallel_regions_per_image
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from common.generated import slp_vectorizer
 from common.reference import compare
 from tests.asm import PACKED_FMA
 from tests.processes import last_json, run_python
-from tests.test_06_threads import parallel_regions_per_image
+from tests.source import parallel_regions_per_image
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import numpy as np
 from numba import njit
 
 from bench import peak
+from common import isa
 
 
 def test_the_fma_peak_kernel_is_register_fmas_only():
@@ -18,8 +19,9 @@ def test_the_fma_peak_kernel_is_register_fmas_only():
     assert not [line for line in loop if "(%" in line], "a memory access inside the FMA loop"
 
 
-def test_measure_reports_both_limits():
+def test_measure_reports_both_limits_for_the_target():
+    """What the bench records (speed is the bench's business, not a test's: no rate is asserted here)."""
     limits = peak.measure(1, repeats=1)
     assert limits["gflops_1_thread"] > 0 and limits["sgemm_gflops_1_thread"] > 0
-    # the FMA peak bounds what sgemm can reach (generous margin: this is not a timing test)
-    assert limits["sgemm_gflops_1_thread"] < 1.5 * limits["gflops_1_thread"]
+    assert limits["isa"] == isa.target().name
+    assert isa.target().registers // 2 * isa.target().vector_floats == peak.CHAINS
