@@ -1,6 +1,5 @@
 """The FMA peak is a real limit: its kernel's hot loop is packed FMAs on registers and nothing else."""
 
-import re
 
 import numpy as np
 import pytest
