@@ -7,7 +7,8 @@ and Python's versions and of the target numba compiles for: a new generator, num
 gets a new folder, never a stale kernel.
 
 The file is compared with the source on every load, so a truncated, edited or corrupt copy is rewritten
-(numba then recompiles it: its own cache follows the file's timestamp). numba keeps the compiled code in
+(numba then recompiles it: numba 0.68 keys its cache on a hash of the file's content). A child process
+compiles it (`compile_in_child`), never the process that runs it. numba keeps the compiled code in
 __pycache__ next to it, every file checksummed by common.jit_cache.
 
 `python -m common.codegen_cache --clean` removes the folders this project wrote there, and only those: a
