@@ -296,7 +296,8 @@ class Contention:
     @property
     def reason(self) -> str:
         if self.beyond_limits:
-            return "the run measured past the machine's limits (" + "; ".join(self.beyond_limits) + ")"
+            past = "; ".join(self.beyond_limits)
+            return f"the machine was busy during the run: it measured past its limits ({past})"
         worst = min(self.readings.values(), default=1.0)
         return f"the machine was busy during the run ({self.cores} threads at {worst:.0%} of one thread's speed)"
 

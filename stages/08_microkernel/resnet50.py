@@ -5,9 +5,10 @@ products, each a vector sum ending in a horizontal reduction, each input vector 
 08 keeps a tile of 6 output pixels x 64 output channels in registers for the whole sum: per input float,
 the panel's 64 weights are loaded once (4 vectors) and each pixel's input is broadcast: 24 vector FMAs,
 no horizontal sum. (That is AVX-512's tile; the tile is sized for the registers of the target numba
-compiles for, common.isa: AVX2 gets 5 pixels x 16 channels.) The weights are packed at construction in the order the tile reads them (panels of
-64 output channels, taps and input channels major); a batch is more pixels of the same GEMM; each thread
-takes an equal run of (panel, pixel tile) items. The store is 07's epilogue, on the tile's registers.
+compiles for, common.isa: AVX2 gets 5 pixels x 16 channels.) The weights are packed at construction in
+the order the tile reads them (panels of 64 output channels, taps and input channels major); a batch is
+more pixels of the same GEMM; each thread takes an equal share of the (panel, pixel tile) items. The
+store is 07's epilogue, on the tile's registers.
 
 The forward pass walks `spec.STEPS` (conv1, maxpool, 16 bottlenecks, avgpool, fc): each step reads one
 named tensor and writes one; a bottleneck's last conv adds the block's input (the residual) before its ReLU.
