@@ -30,10 +30,11 @@ FORMAT ?= text
 A ?=
 B ?=
 CPP_SRC ?=
+WORKERS ?= auto
 # (After the defaults: `unexport X` defines X, and `X ?= ...` would then keep it empty.)
 # make expands a variable it exports to a recipe's environment (a command-line IMG='$(shell ...)' would
 # run), so the knobs are not exported; the two the programs read from the environment are passed quoted.
-KNOBS := CPP_SRC IMG STAGE STAGES SOURCE SEED FORCE FORMAT RESULTS A B QUICK THREADS RESNET50_WEIGHTS RESNET50_CACHE
+KNOBS := CPP_SRC IMG STAGE STAGES SOURCE SEED FORCE FORMAT RESULTS A B QUICK THREADS WORKERS RESNET50_WEIGHTS RESNET50_CACHE
 unexport $(KNOBS)
 BENCH_COLUMNS := --benchmark-columns=min,median,rounds --benchmark-sort=name
 
@@ -87,8 +88,12 @@ weights: $(SETUP)
 	@$(RUN) -m common.make_weights --source=$(call q,SOURCE) --seed=$(call q,SEED) $(if $(call given,FORCE),--force)
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass.
+# The tests in parallel, one test file per worker, a worker per core (WORKERS=1: one process): most of the
+# time is numba compiling, one stage per process, and a lock in the cache lets one process compile each.
+XDIST = -n $(call q,WORKERS) --dist loadfile
+
 test: weights-ready
-	@$(RUN) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(RUN) -m pytest $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "test: pytest collected no tests; failing" >&2; exit 1; fi; exit $$rc
 
 # What `make bench` and `make cpp` both pass on: the stages to run, a quick pass.
@@ -102,7 +107,7 @@ AVX2 := NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=
 STAGE_TESTS := tests/test_0*.py tests/test_stages_vs_judge.py tests/test_selfcheck.py tests/test_isa.py tests/test_peak.py \
 	tests/test_generated_code.py
 test-avx2: weights-ready
-	@$(AVX2) $(RUN) -m pytest $(STAGE_TESTS) $(PYTEST_ARGS); rc=$$?; \
+	@$(AVX2) $(RUN) -m pytest $(XDIST) $(STAGE_TESTS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "test-avx2: pytest collected no tests; failing" >&2; exit 1; fi; exit $$rc
 
 bench: weights-ready

@@ -4,7 +4,8 @@ latency.png     batch-1 latency of every stage and peer, log scale, with the C++
                 pure-Python extrapolation for scale
 speedup.png     each stage against 01 and against the stage before (log scale)
 throughput.png  images per second at the larger batch
-roofline.png    GFLOP/s against the measured FMA peak drawn as the limit (and numpy's sgemm), 1 thread and all cores
+roofline.png    GFLOP/s against the measured FMA peak drawn as the limit (and numpy's sgemm), 1 thread and all cores;
+                int8 rows in GOP/s against the int8 peak
 scaling.png     images per second against batch size (1-16), the fastest stage, 06 and ONNX Runtime
 overview.png    the first four together, for the README
 """
@@ -144,20 +145,25 @@ def roofline(ax, res: dict) -> None:
     if cores > 1:
         lines.append((peak["gflops_all_threads"], "#d62728", "-", f"FMA peak, {cores} threads"))
         lines.append((peak["sgemm_gflops_all_threads"], "#7f7f7f", "-", f"numpy sgemm, {cores} threads"))
-    for value, tint, style, what in lines:  # FMA labels on the left, sgemm's on the right: they can be close
+    if any(report.precision(e) == "int8" for e in entries):  # int8 rows' limit: the 4-byte dot product's
+        lines.append((peak["int8_gops_1_thread"], "#2ca02c", "--", "int8 peak, 1 thread"))
+        if cores > 1:
+            lines.append((peak["int8_gops_all_threads"], "#2ca02c", "-", f"int8 peak, {cores} threads"))
+    for value, tint, style, what in lines:  # peak labels on the left, sgemm's on the right: they can be close
         ax.axhline(value, color=tint, linestyle=style, linewidth=1)
-        at, align = (-0.4, "left") if what.startswith("FMA") else (len(entries) - 0.6, "right")
+        at, align = (len(entries) - 0.6, "right") if what.startswith("numpy") else (-0.4, "left")
         box = {"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1}
         ax.text(at, value * 1.03, f"{what}: {value:.0f}", ha=align, va="bottom", fontsize=7, color=tint, bbox=box,
                 zorder=5)  # fmt: skip
     for i, e in enumerate(entries):
         effective = "\neffective" if e.get("effective") else ""  # fewer multiplications: may pass the peak
-        ax.text(i, values[i] * 1.1, f"{100 * e['peak_fraction']:.0f}%{effective}", ha="center", fontsize=6)
+        int8 = "\nof int8" if report.precision(e) == "int8" else ""
+        ax.text(i, values[i] * 1.1, f"{100 * e['peak_fraction']:.0f}%{effective}{int8}", ha="center", fontsize=6)
     ax.set_yscale("log")
-    ax.set_ylim(min(values) / 2, peak["gflops_all_threads"] * 3)
+    ax.set_ylim(min(values) / 2, max(value for value, *_ in lines) * 3)
     ax.set_xticks(list(x), [name(e) for e in entries], rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel("GFLOP/s (log scale); % of the FMA peak at the same thread count")
-    ax.set_title("Against the machine's limit (measured FMA peak; numpy's sgemm for scale)")
+    ax.set_ylabel("GFLOP/s, int8: GOP/s (log scale); % of the peak of its precision, same threads")
+    ax.set_title("Against the machine's limits (measured FMA and int8 peaks; numpy's sgemm for scale)")
 
 
 def scaling(ax, res: dict) -> None:
@@ -186,7 +192,8 @@ EXTRA = {"scaling": scaling}  # their own files, not in the overview
 
 def subtitle(res: dict) -> str:
     cpu = res["machine"]["cpu"]
-    return f"ResNet-50, fp32, {cpu['model']}, {cpu['usable_cpus']} cores, {res['created'][:10]}"
+    kinds = "fp32 and int8" if any(report.precision(e) == "int8" for e in report.ok_entries(res)) else "fp32"
+    return f"ResNet-50, {kinds}, {cpu['model']}, {cpu['usable_cpus']} cores, {res['created'][:10]}"
 
 
 def render(res: dict, folder: Path) -> list[tuple[Path, Path]]:

@@ -1,7 +1,8 @@
 """Measuring entries (stages and peers) the same way: validate first, then time interleaved, within a budget.
 
 - An entry is built, called once (its compile time is recorded apart) and its answer on the first image
-  compared with the judge's. An entry that is wrong is reported and not timed.
+  compared with the judge's (`Judge`: fp32 entries with the fp32 judge, int8 ones with ONNX Runtime int8).
+  An entry that is wrong is reported and not timed.
 - Batch-1 latency: the entries of one thread count take turns, one image each per round, cycling through
   the sample images. Interleaving spreads this shared machine's slow phases over every entry instead of
   landing on whichever ran at the wrong minute. An entry stops after `max_repeats` images, or once it has
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from common.reference import compare
+from common import quantized
+from common.reference import Verdict, compare
 from common.timing import timed_call
 
 Model = Callable[[np.ndarray], np.ndarray]
@@ -34,6 +36,10 @@ class Entry:
     cpp_ms: float | None = None  # the C++ rung this stage mirrors: its author's figure, or measured here
     cpp_measured: bool = False
     cpp_rung: str | None = None  # set on a C++ rung's own entry: the stage it mirrors
+    precision: str = "fp32"  # "int8": an int8 stage or peer
+    # What its logits are held to (Judge): "fp32", "int8" (ONNX Runtime int8's, for the same integer
+    # arithmetic), or "agreement" (int8 by another engine's rounding: shape and finite values only).
+    judged_by: str = "fp32"
     status: str = "pending"
     message: str = ""
     model: Model | None = None
@@ -44,6 +50,7 @@ class Entry:
     latency_s: list[float] = field(default_factory=list)
     throughput: dict = field(default_factory=dict)
     spent_s: float = 0.0
+    logits: dict = field(default_factory=dict)  # image index -> its first logits, for int8 agreement
 
     @property
     def ok(self) -> bool:
@@ -63,8 +70,43 @@ def _fail(entry: Entry, status: str, error: BaseException | str) -> None:
     entry.model = None
 
 
-def prepare(entry: Entry, images: np.ndarray, judge: np.ndarray) -> None:
+@dataclass
+class Judge:
+    """What entries' logits are checked against, per image: the fp32 judge's (ONNX Runtime on the fp32
+    graph, common.reference.compare); for an int8 entry held to ONNX Runtime int8, that engine's logits on
+    the int8 model within its tolerance (common.quantized.compare_int8). Another engine's int8 kernels
+    round their own way (OpenVINO's logits differ from ONNX Runtime int8's by tens of output steps here),
+    so such an entry is held to finite logits of the right shape, and its agreement with fp32 reported."""
+
+    fp32: np.ndarray
+    int8: np.ndarray | None = None
+    int8_scale: float = 0.0
+
+    def check(self, entry: Entry, logits: np.ndarray, index) -> Verdict:
+        if entry.judged_by == "fp32":
+            return compare(logits, self.fp32[index])
+        if entry.judged_by == "int8":
+            if self.int8 is None:
+                return Verdict(False, float("inf"), 0.0, "no int8 judge in this run")
+            return quantized.compare_int8(logits, self.int8[index], self.int8_scale)
+        want = self.fp32[index]
+        logits = np.asarray(logits)
+        if logits.shape != want.shape or not np.isfinite(logits).all():
+            return Verdict(False, float("inf"), 0.0, f"logits of shape {logits.shape}, or not all finite")
+        return Verdict(True, float(np.abs(logits - want).max()), float("inf"), "")
+
+    def agreement(self, entry: Entry) -> dict | None:
+        """An int8 entry's top-1 agreement with fp32 on the images it ran, and its largest logit difference."""
+        if entry.precision != "int8" or not entry.logits:
+            return None
+        seen = sorted(entry.logits)
+        return quantized.agreement(np.stack([entry.logits[k] for k in seen]), self.fp32[seen]).as_dict()
+
+
+def prepare(entry: Entry, images: np.ndarray, judge: Judge) -> None:
     """Build, first call, check against the judge. Leaves entry.status 'pending' if it may be timed."""
+    if entry.status == "skipped":  # the stage said why before anything was built
+        return
     if entry.make is None:
         entry.status = "missing"
         return
@@ -73,8 +115,9 @@ def prepare(entry: Entry, images: np.ndarray, judge: np.ndarray) -> None:
         out, entry.first_call_s, call_compile = timed_call(entry.model, images[:1])
         # A generated stage compiles in its constructor and says how long (0 when its cache served it).
         entry.compile_s = max(build_compile, getattr(entry.model, "compile_s", 0.0)) + call_compile
-        verdict = compare(out[0], judge[0])
-        entry.verdict = {"max_abs_diff": verdict.max_abs_diff, "tolerance": verdict.tolerance}
+        verdict = judge.check(entry, out[0], 0)
+        entry.verdict = {"max_abs_diff": verdict.max_abs_diff, "tolerance": verdict.tolerance, "judge": entry.judged_by}
+        entry.logits[0] = np.array(out[0])
         if not verdict.ok:
             _fail(entry, "wrong", f"does not match the judge on image 0: {verdict.reason}")
     except Exception as e:
@@ -99,7 +142,7 @@ class Turns:
 def time_latency(
     entries: list[Entry],
     images: np.ndarray,
-    judge: np.ndarray,
+    judge: Judge,
     budget_s: float,
     max_repeats: int,
     desc: str,
@@ -126,7 +169,8 @@ def time_latency(
                         entry.latency_s.append(dt)
                         entry.spent_s += dt
                         bar.update(1)
-                        verdict = compare(out[0], judge[k])
+                        verdict = judge.check(entry, out[0], k)
+                        entry.logits.setdefault(k, np.array(out[0]))
                         if not verdict.ok:
                             _fail(entry, "wrong", f"does not match the judge on image {k}: {verdict.reason}")
                         if not entry.ok or len(entry.latency_s) >= max_repeats or entry.spent_s >= budget_s:
@@ -142,7 +186,7 @@ def time_latency(
 
 
 def time_throughput(
-    entry: Entry, images: np.ndarray, judge: np.ndarray, batch: int, budget_s: float, repeats: int, pause_s: float = 0.0
+    entry: Entry, images: np.ndarray, judge: Judge, batch: int, budget_s: float, repeats: int, pause_s: float = 0.0
 ) -> None:
     if not entry.ok or not entry.latency_s:
         return
@@ -159,7 +203,7 @@ def time_throughput(
     try:
         model = entry.make(batch)
         out = model(x)  # warm up (compiled code comes from the cache filled by the batch-1 model)
-        verdict = compare(out, judge[index])
+        verdict = judge.check(entry, out, index)
         if not verdict.ok:
             _fail(entry, "wrong", f"batch of {batch} does not match the judge: {verdict.reason}")
             return
@@ -180,8 +224,9 @@ def time_throughput(
     }
 
 
-def summary(entry: Entry, flops: float, peak_gflops: float) -> dict:
-    """The entry as it goes into the results file (bench/results.py documents the fields)."""
+def summary(entry: Entry, flops: float, peak_gflops: float, judge: Judge | None = None) -> dict:
+    """The entry as it goes into the results file (bench/results.py documents the fields); peak_gflops is
+    the peak of the entry's precision at its thread count."""
     out = {
         "name": entry.name,
         "label": entry.label,
@@ -198,6 +243,11 @@ def summary(entry: Entry, flops: float, peak_gflops: float) -> dict:
     }
     if entry.cpp_rung:
         out["cpp_rung"] = entry.cpp_rung
+    if entry.precision != "fp32":
+        out["precision"] = entry.precision
+        agreement = judge.agreement(entry) if judge is not None else None
+        if agreement:
+            out["agreement"] = agreement
     if entry.status == "ok" and entry.latency_s:
         ms = np.array(entry.latency_s) * 1e3
         median = float(np.median(ms))

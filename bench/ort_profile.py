@@ -40,11 +40,12 @@ def node_times(trace: list[dict]) -> dict[str, list[float]]:
     return times
 
 
-def layer_times(weights, x: np.ndarray, threads: int, passes: int) -> dict[str, float]:
+def layer_times(weights, x: np.ndarray, threads: int, passes: int, model=None) -> dict[str, float]:
     """Layer name (spec.STEPS' names, plus OTHER) -> seconds: each node's best run after a warm-up run,
-    summed over the nodes of a layer."""
+    summed over the nodes of a layer. `model`: another graph of the same layers (the int8 one) to profile."""
     with tempfile.TemporaryDirectory(prefix="ort-profile-") as folder:
-        sess = session(build_onnx(weights), threads, profile_prefix=str(Path(folder) / "ort"))
+        graph = build_onnx(weights) if model is None else model
+        sess = session(graph, threads, profile_prefix=str(Path(folder) / "ort"))
         for _ in range(passes + 1):
             sess.run([spec.LOGITS], {spec.INPUT: x})
         trace = json.loads(read_regular(sess.end_profiling(), MAX_TRACE_BYTES).decode("utf-8"))

@@ -1,9 +1,12 @@
-"""The machine's fp32 limits, measured in the same run as everything else, at one thread and at all cores.
+"""The machine's limits, measured in the same run as everything else, at one thread and at all cores.
 
 - The FMA peak: a numba kernel of independent multiply-adds held in vector registers (half the target's
   registers of chains, so no FMA waits for another), one copy per thread, for the ISA numba compiles for.
   Nothing that multiplies and adds floats can go faster on this core, so it is "the peak" of the charts
   and tables: no engine shows more than 100%.
+- The int8 peak: the same for the int8 stage's multiply-add (common/vnni.py `dot4`: AVX-512 VNNI's
+  `vpdpbusd`, 4 byte products per int32 lane, where the target has it), counted as 2 operations per
+  multiply-add as FLOPs are; int8 rows are drawn against it.
 - numpy's sgemm on 2048x2048 matrices: what a BLAS gets on a real GEMM, drawn as a second line. Tuned
   engines beat it where the BLAS does not know the CPU (OpenBLAS on AMD Zen 5 ran at about half the FMA
   peak here), which is why it is not the limit.
@@ -15,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 from threadpoolctl import threadpool_limits
 
-from common import isa, jit_cache
+from common import isa, jit_cache, vnni
 from common.paths import ROOT
 
 jit_cache.install(ROOT)  # these kernels are cached beside this file: checksummed like every stage's
@@ -68,6 +71,38 @@ def fma_gflops(threads: int, repeats: int = 5, reps: int = 400_000) -> float:
     return 2 * CHAINS * reps * threads / best / 1e9
 
 
+DOT4_CHAINS = isa.target().registers // 2  # vectors of int32 accumulators, as many as the FMA peak's
+_dot4_chains = vnni.chains(DOT4_CHAINS)
+
+
+@njit(cache=True)
+def dot4_chains(reps):
+    """DOT4_CHAINS independent chains of 4-byte dot products into int32 lanes: 8 * lanes * DOT4_CHAINS * reps
+    operations (4 multiply-adds per lane, 2 operations each)."""
+    return _dot4_chains(reps)
+
+
+@njit(parallel=True, cache=True)
+def dot4_chains_on_each(reps, threads):
+    out = np.zeros(threads, np.int64)
+    for t in prange(threads):
+        out[t] = dot4_chains(reps)
+    return out.sum()
+
+
+def int8_gops(threads: int, repeats: int = 5, reps: int = 2_000_000) -> float:
+    from numba import set_num_threads
+
+    set_num_threads(threads)
+    dot4_chains_on_each(10, threads)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dot4_chains_on_each(reps, threads)
+        best = min(best, time.perf_counter() - t0)
+    return 8 * vnni.lanes() * DOT4_CHAINS * reps * threads / best / 1e9
+
+
 def gemm_gflops(threads: int, repeats: int = 5, n: int = N) -> float:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
@@ -86,6 +121,8 @@ def gemm_gflops(threads: int, repeats: int = 5, n: int = N) -> float:
 def measure(cores: int, repeats: int = 5) -> dict:
     fma_one = fma_gflops(1, repeats)
     fma_all = fma_gflops(cores, repeats) if cores > 1 else fma_one
+    int8_one = int8_gops(1, repeats)
+    int8_all = int8_gops(cores, repeats) if cores > 1 else int8_one
     gemm_one = gemm_gflops(1, repeats)
     gemm_all = gemm_gflops(cores, repeats) if cores > 1 else gemm_one
     return {
@@ -94,6 +131,10 @@ def measure(cores: int, repeats: int = 5) -> dict:
         "gflops_1_thread": round(fma_one, 1),
         "gflops_all_threads": round(fma_all, 1),
         "threads_all": cores,
+        "int8_method": f"numba kernel of {DOT4_CHAINS} independent chains of {vnni.describe()} per thread, "
+        f"best of {repeats}",
+        "int8_gops_1_thread": round(int8_one, 1),
+        "int8_gops_all_threads": round(int8_all, 1),
         "sgemm_method": f"numpy sgemm {N}x{N}x{N}, best of {repeats}",
         "sgemm_gflops_1_thread": round(gemm_one, 1),
         "sgemm_gflops_all_threads": round(gemm_all, 1),

@@ -1,5 +1,9 @@
 """The engines a user would otherwise pick, behind the stage contract: make(max_batch)(x) -> logits.
 
+fp32: numpy, ONNX Runtime, PyTorch, OpenVINO on the judge's graph. int8: ONNX Runtime and OpenVINO on the
+int8 model ONNX Runtime's quantizer makes from it (common/quantized.py), the fastest path either engine
+offers a user on a CPU.
+
 Each peer sets its own thread count on every call (or at construction, when the engine fixes it then), so
 peers at 1 thread and at every core can be interleaved with the stages in one process. A peer that is not
 installed is reported as such, with how to install it, instead of silently missing from the chart.
@@ -9,10 +13,11 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
-from common import numpy_forward, spec
+from common import numpy_forward, quantized, spec
 from common.reference import Reference, build_onnx
 
 Model = Callable[[np.ndarray], np.ndarray]
@@ -25,6 +30,7 @@ class Peer:
     threads: int
     make: Callable[[int], Model] | None  # max_batch -> model; None when not installed
     missing: str = ""  # why it is not available, and how to get it
+    precision: str = "fp32"  # "int8": runs the int8 model (common.quantized)
 
 
 def numpy_peer(store, threads: int) -> Callable[[int], Model]:
@@ -97,14 +103,25 @@ def torch_peer(store, threads: int) -> Callable[[int], Model]:
     return make
 
 
-def openvino_peer(store, threads: int) -> Callable[[int], Model]:
+def onnxruntime_int8_peer(store, threads: int) -> Callable[[int], Model]:
+    model = quantized.int8_model(store)
+
+    def make(max_batch: int) -> Model:
+        return quantized.Int8Reference(store, max_batch=max_batch, threads=threads, model=model)
+
+    return make
+
+
+def openvino_peer(store, threads: int, int8: bool = False) -> Callable[[int], Model]:
+    """OpenVINO on the judge's graph, or on the int8 model (it reads QDQ and runs its own int8 kernels). Its
+    precision hint is f32 either way: on a CPU with BF16 it would otherwise run the float parts in bf16."""
     import openvino as ov
 
     core = ov.Core()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "resnet50.onnx")
         with open(path, "wb") as f:
-            f.write(build_onnx(store).SerializeToString())
+            f.write((quantized.int8_model(store) if int8 else build_onnx(store)).SerializeToString())
         onnx_model = core.read_model(path)
 
     def make(max_batch: int) -> Model:
@@ -125,11 +142,17 @@ def openvino_peer(store, threads: int) -> Callable[[int], Model]:
     return make
 
 
-KINDS = [
-    ("numpy", "numpy im2col + BLAS", numpy_peer, None, ""),
-    ("onnxruntime", "ONNX Runtime", onnxruntime_peer, "onnxruntime", "pip install onnxruntime"),
-    ("torch", "PyTorch eager", torch_peer, "torch", "make torch"),
-    ("openvino", "OpenVINO", openvino_peer, "openvino", "make openvino"),
+def openvino_int8_peer(store, threads: int) -> Callable[[int], Model]:
+    return openvino_peer(store, threads, int8=True)
+
+
+KINDS = [  # name, label, factory, module, how to install, precision
+    ("numpy", "numpy im2col + BLAS", numpy_peer, None, "", "fp32"),
+    ("onnxruntime", "ONNX Runtime", onnxruntime_peer, "onnxruntime", "pip install onnxruntime", "fp32"),
+    ("torch", "PyTorch eager", torch_peer, "torch", "make torch", "fp32"),
+    ("openvino", "OpenVINO", openvino_peer, "openvino", "make openvino", "fp32"),
+    ("onnxruntime-int8", "ONNX Runtime int8", onnxruntime_int8_peer, "onnxruntime", "pip install onnxruntime", "int8"),
+    ("openvino-int8", "OpenVINO int8", openvino_int8_peer, "openvino", "make openvino", "int8"),
 ]
 
 
@@ -138,13 +161,14 @@ def peers(store, thread_counts: list[int]) -> list[Peer]:
     import importlib.util
 
     out = []
-    for name, label, factory, module, how in KINDS:
+    for name, label, factory, module, how, precision in KINDS:
         for threads in thread_counts:
+            peer = partial(Peer, f"{name}@{threads}", label, threads, precision=precision)
             if module and importlib.util.find_spec(module) is None:
-                out.append(Peer(f"{name}@{threads}", label, threads, None, f"not installed ({how})"))
+                out.append(peer(None, f"not installed ({how})"))
                 continue
             try:
-                out.append(Peer(f"{name}@{threads}", label, threads, factory(store, threads)))
+                out.append(peer(factory(store, threads)))
             except Exception as e:  # a broken install is reported, not fatal to the whole benchmark
-                out.append(Peer(f"{name}@{threads}", label, threads, None, f"failed to load: {e}".splitlines()[0]))
+                out.append(peer(None, f"failed to load: {e}".splitlines()[0]))
     return out

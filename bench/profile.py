@@ -3,8 +3,9 @@
 The stage is not instrumented: every stage exposes its forward pass as a list of steps (`layer_steps`),
 and this times each step from the outside, the best of several passes. ONNX Runtime runs the same weights
 and image at the same thread count with its own per-node profiler (bench/ort_profile.py), mapped to the
-same layer names. Writes a table (with the layers where the stage loses most) to the terminal, and
-results/profile-<stage>-<N>thr.png and .json. GFLOP/s are against the measured FMA peak.
+same layer names (for the int8 stage, ONNX Runtime on the int8 model: common/quantized.py). Writes a table
+(with the layers where the stage loses most) to the terminal, and results/profile-<stage>-<N>thr.png and
+.json. GFLOP/s are against the measured FMA peak; an int8 stage's GOP/s against the int8 peak.
 """
 
 import argparse
@@ -22,7 +23,7 @@ from matplotlib.patches import Patch
 
 from bench import ort_profile, peak
 from bench.chart import publish, save_figure
-from common import spec, stages
+from common import quantized, spec, stages
 from common.errors import LadderError
 from common.files import signals_held, write_atomic
 from common.images import load_batch, sample_images
@@ -70,9 +71,17 @@ def positive(text: str) -> int:
     return value
 
 
+def top_of(limit: dict, threads: int, precision: str) -> tuple[float, str]:
+    """The peak a stage of this precision is held to at this thread count, and its name."""
+    if precision == "int8":
+        return limit["int8_gops_all_threads" if threads > 1 else "int8_gops_1_thread"], "int8 peak"
+    return limit["gflops_all_threads" if threads > 1 else "gflops_1_thread"], "FMA peak"
+
+
 def measure(stage: str, passes: int, threads: int | None = None) -> tuple[str, int, list[dict], dict]:
     store = WeightStore()
     info, model, threads = build(stage, store, threads)
+    precision = getattr(stages.load(info), "PRECISION", "fp32")
     x = load_batch(sample_images()[:1])[0]
     model(x)  # compile, warm the caches
     best = [float("inf")] * len(spec.STEPS)
@@ -81,9 +90,11 @@ def measure(stage: str, passes: int, threads: int | None = None) -> tuple[str, i
             t0 = time.perf_counter()
             run()
             best[i] = min(best[i], time.perf_counter() - t0)
-    ort = ort_profile.layer_times(store, x, threads, passes)
+    graph = quantized.int8_model(store) if precision == "int8" else None
+    ort = ort_profile.layer_times(store, x, threads, passes, graph)
     limit = peak.measure(threads, repeats=3)
-    top = limit["gflops_all_threads"] if threads > 1 else limit["gflops_1_thread"]
+    limit["precision"] = precision
+    top, _ = top_of(limit, threads, precision)
     rows = []
     for step, seconds in zip(spec.STEPS, best, strict=True):
         theirs = ort.get(step.name, 0.0)
@@ -112,11 +123,11 @@ def worst(rows: list[dict], count: int = WORST) -> list[dict]:
     return sorted((r for r in rows if r["ms"] > r["ort_ms"]), key=lambda r: r["ort_ms"] - r["ms"])[:count]
 
 
-def print_table(name: str, threads: int, rows: list[dict], top: float) -> None:
+def print_table(name: str, threads: int, rows: list[dict], top: float, peak_name: str = "FMA peak") -> None:
     total, ort_total = sum(r["ms"] for r in rows), sum(r["ort_ms"] for r in rows)
     print(
         f"{name} on {threads} thread(s): {total:.1f} ms per image in {len(spec.STEPS)} steps; ONNX Runtime on "
-        f"{threads}: {ort_total:.1f} ms ({total / ort_total:.2f}x); FMA peak {top:.0f} GFLOP/s"
+        f"{threads}: {ort_total:.1f} ms ({total / ort_total:.2f}x); {peak_name} {top:.0f} G(FL)OP/s"
     )
     head = ("layer", "op", "output", "ms", "GFLOP/s", "of peak", "ORT ms", "x ORT")
     print("{:24s} {:8s} {:>13s} {:>8s} {:>8s} {:>8s} {:>8s} {:>6s}".format(*head))
@@ -132,11 +143,11 @@ def print_table(name: str, threads: int, rows: list[dict], top: float) -> None:
         print(f"  {r['layer']:24s} {r['op']:8s} +{lost:.2f} ms ({r['ms']:.2f} against {r['ort_ms']:.2f})")
 
 
-def chart(name: str, threads: int, rows: list[dict], top: float, path: Path) -> tuple[Path, Path]:
-    return save_figure(figure(name, threads, rows, top), path, dpi=100)
+def chart(name: str, threads: int, rows: list[dict], top: float, path: Path, peak_name: str) -> tuple[Path, Path]:
+    return save_figure(figure(name, threads, rows, top, peak_name), path, dpi=100)
 
 
-def figure(name: str, threads: int, rows: list[dict], top: float):
+def figure(name: str, threads: int, rows: list[dict], top: float, peak_name: str = "FMA peak"):
     rows = [r for r in rows if r["op"] != "other"]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(15, 8.5), sharex=True)
     x = np.arange(len(rows))
@@ -162,8 +173,9 @@ def figure(name: str, threads: int, rows: list[dict], top: float):
     if has_ort:
         ax2.bar(x + width / 2, [r["ort_gflops"] for r in rows], width, **theirs)
     ax2.axhline(top, color="#d62728", linestyle="--")
-    ax2.text(len(rows) - 1, top, f"FMA peak {top:.0f} GFLOP/s", ha="right", va="bottom", color="#d62728")
-    ax2.set_ylabel("GFLOP/s")
+    unit = "GOP/s" if peak_name.startswith("int8") else "GFLOP/s"
+    ax2.text(len(rows) - 1, top, f"{peak_name} {top:.0f} {unit}", ha="right", va="bottom", color="#d62728")
+    ax2.set_ylabel(unit)
     ax2.set_ylim(0, top * 1.1)
     ax2.set_xticks(list(x), [r["layer"] for r in rows], rotation=90, fontsize=6)
     return fig
@@ -181,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     except LadderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    top = limit["gflops_all_threads"] if threads > 1 else limit["gflops_1_thread"]
-    print_table(name, threads, rows, top)
+    top, peak_name = top_of(limit, threads, limit["precision"])
+    print_table(name, threads, rows, top, peak_name)
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.out / f"profile-{name}-{threads}thr"
     data = {
@@ -193,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "layers": rows,
         "worst_against_onnxruntime": [r["layer"] for r in worst(rows)],
     }
-    figure_files = chart(name, threads, rows, top, base.with_suffix(".png"))
+    figure_files = chart(name, threads, rows, top, base.with_suffix(".png"), peak_name)
     with signals_held():
         publish([figure_files])
         write_atomic(base.with_suffix(".json"), json.dumps(data, indent=1) + "\n")

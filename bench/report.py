@@ -38,27 +38,35 @@ def previous_rung(rows: list[dict], i: int) -> dict | None:
     return (same or [r for r in earlier if r["threads"] == 1] or [None])[-1]
 
 
+def precision(entry: dict) -> str:
+    return entry.get("precision", "fp32")
+
+
 def fastest_lines(results: dict) -> list[str]:
-    """Per thread count, the fastest stage against the fastest peer: where the ladder stands."""
+    """Per precision and thread count, the fastest stage against the fastest peer: where the ladder stands
+    (an int8 stage is compared with the int8 engines, fp32 with fp32)."""
     lines = []
-    for threads in sorted({e["threads"] for e in ok_entries(results)}):
-        at = [e for e in ok_entries(results) if e["threads"] == threads]
-        stages_ = [e for e in at if e["kind"] == "stage"]
-        peers_ = [e for e in at if e["kind"] == "peer"]
-        if not stages_ or not peers_:
-            continue
-        stage, peer = min(stages_, key=median), min(peers_, key=median)
-        ratio = fmt_x(median(stage) / median(peer))
-        lines.append(
-            f"{threads} thread{'s' if threads > 1 else ''}: {md(stage['label'])} takes {ratio} {md(peer['label'])}'s "
-            f"time ({fmt_ms(median(stage))} against {fmt_ms(median(peer))})"
-        )
+    for kind in ("fp32", "int8"):
+        for threads in sorted({e["threads"] for e in ok_entries(results)}):
+            at = [e for e in ok_entries(results) if e["threads"] == threads and precision(e) == kind]
+            stages_ = [e for e in at if e["kind"] == "stage"]
+            peers_ = [e for e in at if e["kind"] == "peer"]
+            if not stages_ or not peers_:
+                continue
+            stage, peer = min(stages_, key=median), min(peers_, key=median)
+            ratio = fmt_x(median(stage) / median(peer))
+            lines.append(
+                f"{kind}, {threads} thread{'s' if threads > 1 else ''}: {md(stage['label'])} takes {ratio} "
+                f"{md(peer['label'])}'s time ({fmt_ms(median(stage))} against {fmt_ms(median(peer))})"
+            )
     return lines
 
 
-def reference_at(results: dict, threads: int) -> dict | None:
+def reference_at(results: dict, threads: int, kind: str = "fp32") -> dict | None:
+    """ONNX Runtime at this thread count, in this precision: what each row's last-but-one column divides by."""
+    name = f"onnxruntime@{threads}" if kind == "fp32" else f"onnxruntime-int8@{threads}"
     for e in ok_entries(results):
-        if e["name"] == f"onnxruntime@{threads}":
+        if e["name"] == name:
             return e
     return None
 
@@ -72,8 +80,9 @@ def fmt_ms(ms: float) -> str:
 
 
 def rate(entry: dict) -> tuple[str, str]:
-    """(GFLOP/s, % of peak) as the table shows them; an effective rate (fewer multiplications) is marked."""
-    mark = " (effective)" if entry.get("effective") else ""
+    """(GFLOP/s, % of peak) as the table shows them; an effective rate (fewer multiplications) is marked,
+    and an int8 one, which is operations per second against the int8 peak."""
+    mark = " (effective)" if entry.get("effective") else " (int8)" if precision(entry) == "int8" else ""
     return f"{entry['gflops']:.1f}{mark}", f"{100 * entry['peak_fraction']:.1f}%{mark}"
 
 
@@ -102,7 +111,7 @@ def table(results: dict) -> str:
     ]
     for i, e in enumerate(stages):
         previous = previous_rung(stages, i)
-        ref = reference_at(results, e["threads"])
+        ref = reference_at(results, e["threads"], precision(e))
         vs_ref = median(e) / median(ref) if ref else None
         lines.append(
             f"| **{md(e['label'])}** | {e['threads']} | {fmt_ms(median(e))} "
@@ -114,18 +123,44 @@ def table(results: dict) -> str:
     for e in ok_entries(results):
         if e["kind"] != "peer":
             continue
-        ref = reference_at(results, e["threads"])
+        ref = reference_at(results, e["threads"], precision(e))
         vs_first = fmt_x(median(first) / median(e)) if first else ""
         lines.append(
             f"| {md(e['label'])} | {e['threads']} | {fmt_ms(median(e))} | {vs_first} "
-            f"| | {throughput_cell(e)} | {e['gflops']:.1f} | {100 * e['peak_fraction']:.1f}% "
+            f"| | {throughput_cell(e)} | {' | '.join(rate(e))} "
             f"| {fmt_x(median(e) / median(ref)) if ref else ''} | |"
         )
     for x in results.get("extrapolations", []):
         lines.append(f"| {md(x['name'])} | 1 | {fmt_ms(x['latency_s'] * 1e3)} | | | | {x['mflops'] / 1000:.4f} | | | |")
     not_ok = [e for e in results["entries"] if e["status"] != "ok"]
     notes = [f"- {md(e['name'])}: {md(e['status'])}: {md(e.get('message', ''))}" for e in not_ok]
-    return "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "")
+    return "\n".join(lines) + agreement_notes(results) + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def agreement_notes(results: dict) -> str:
+    """What int8 costs in answers: each int8 row's agreement with the fp32 judge (common/quantized.py)."""
+    rows = [e for e in ok_entries(results) if e.get("agreement")]
+    if not rows:
+        return ""
+    lines = [
+        f"- {md(e['name'])}: top-1 as fp32 on {e['agreement']['top1_agree']} of {e['agreement']['images']} images, "
+        f"logits up to {e['agreement']['max_abs_diff_fp32']:.3g} apart"
+        for e in rows
+    ]
+    weights = str(results["settings"].get("weights", ""))
+    caveat = (
+        " These weights are seeded random ones: an untrained network turns int8's rounding into different "
+        "answers far more than a trained one does; with real weights the figures mean what they say."
+        if "random" in weights
+        else ""
+    )
+    return (
+        "\n\nint8 rows: integer arithmetic on the int8 model ONNX Runtime's quantizer made from these weights "
+        "(static, per-channel, calibrated on the sample images). Their agreement with the fp32 judge:"
+        + caveat
+        + "\n"
+        + "\n".join(lines)
+    )
 
 
 def header(results: dict) -> str:
@@ -139,13 +174,22 @@ def header(results: dict) -> str:
         f"{', quick run' if results['settings'].get('quick') else ''}. "
         f"Peak (independent FMAs in registers, measured in the same run): {p['gflops_1_thread']:.0f} GFLOP/s on "
         f"1 thread, {p['gflops_all_threads']:.0f} on {p['threads_all']}; numpy's sgemm reached "
-        f"{p['sgemm_gflops_1_thread']:.0f} and {p['sgemm_gflops_all_threads']:.0f}. "
+        f"{p['sgemm_gflops_1_thread']:.0f} and {p['sgemm_gflops_all_threads']:.0f}"
+        + int8_peak_note(p)
+        + ". "
         "Stages 01-05 run on 1 thread; 06 and later at 1 thread and on every core; every row is compared with "
         "the peers at its own thread count. " + cpp_note(results)
     )
     if traps:
         text += " Environment traps found: " + "; ".join(md(t) for t in traps) + "."
     return text
+
+
+def int8_peak_note(peak: dict) -> str:
+    if "int8_gops_1_thread" not in peak:
+        return ""
+    one, every = peak["int8_gops_1_thread"], peak["int8_gops_all_threads"]
+    return f"; the int8 peak (4-byte dot products in registers) {one:.0f} and {every:.0f} GOP/s"
 
 
 def isa_note(machine: dict) -> str:

@@ -7,7 +7,9 @@ A results file is one JSON object:
     settings      {"quick", "images": [file names], "throughput_batch", "budget_s", "max_repeats", "thread_counts"}
     machine       bench/machine.py's description: CPU, flags, cores, BLAS, versions, git commit, environment_traps
     peak          {"method", "gflops_1_thread", "gflops_all_threads", "threads_all"}: the measured FMA peak;
-                  {"sgemm_method", "sgemm_gflops_1_thread", "sgemm_gflops_all_threads"}: numpy's sgemm
+                  {"sgemm_method", "sgemm_gflops_1_thread", "sgemm_gflops_all_threads"}: numpy's sgemm;
+                  {"int8_method", "int8_gops_1_thread", "int8_gops_all_threads"}: the int8 multiply-add peak
+                  (4-byte dot products in registers, 2 operations per multiply-add; absent in older files)
     contention    {"threads_efficiency": {"start", "end"}, "busy", "threshold"}: was another process on a core
     flops_per_image   the spec's FLOP count (2 x MACs of the convs and the classifier)
     entries       one per stage or peer at one thread count, in the order run:
@@ -15,14 +17,18 @@ A results file is one JSON object:
         label         what charts call it ("01_naive", "ONNX Runtime")
         kind          "stage" or "peer"
         threads       threads it ran with
-        status        "ok", "wrong" (did not match the judge: not timed), "error", "missing" (not installed)
+        status        "ok", "wrong" (did not match the judge: not timed), "error", "missing" (not installed),
+                      "skipped" (a stage that cannot do its idea on this target: message says what it needs)
+        precision     "int8" for the int8 stage and engines (absent: fp32)
         message       why, when status is not "ok"
         build_s, first_call_s, compile_s    construction, first call (run part) and numba compile time
-        verdict       {"max_abs_diff", "tolerance"} of the check against the judge
+        verdict       {"max_abs_diff", "tolerance", "judge"} of the check against the judge: "fp32", "int8"
+                      (ONNX Runtime int8, common/quantized.py) or "agreement" (another engine's int8: none)
+        agreement     int8 entries: {"top1_agree", "images", "max_abs_diff_fp32"} against the fp32 judge
         latency_ms    {"median", "min", "p90", "samples"} batch-1, over the sample images in turn
         throughput    {"batch", "images_per_s", "samples_s"} or {"batch", "skipped": reason}
-        gflops        flops_per_image / median latency
-        peak_fraction gflops / the FMA peak at the same thread count
+        gflops        flops_per_image / median latency (for int8: operations, counted as FLOPs are)
+        peak_fraction gflops / the peak of its precision (FMA or int8) at the same thread count
         effective     (stages) true when gflops is an effective rate: direct-conv FLOPs / time of a stage
                       that multiplies less (Winograd); marked so in tables and charts
         cpp_ms        stages 01-06: the latency of the C++ original's rung that the stage mirrors, at the same
@@ -113,6 +119,10 @@ def validate(results: object, origin: object = "results") -> dict:
         _need(entry["kind"] in ("stage", "peer"), origin, f"{where}: kind {entry['kind']!r}")
         _need(isinstance(entry["threads"], int) and entry["threads"] >= 1, origin, f"{where}: threads")
         _need(entry["threads"] in (1, peak["threads_all"]), origin, f"{where}: no peak for {entry['threads']} threads")
+        _need(entry.get("precision", "fp32") in ("fp32", "int8"), origin, f"{where}: precision")
+        if entry.get("precision") == "int8" and entry["status"] == "ok":
+            for key in ("int8_gops_1_thread", "int8_gops_all_threads"):
+                _need(_finite(peak.get(key)), origin, f"peak.{key} is not a positive number (an int8 entry needs it)")
         if entry["status"] != "ok":
             continue
         latency = entry.get("latency_ms")

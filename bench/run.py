@@ -12,6 +12,7 @@ import argparse
 import signal
 import sys
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -21,8 +22,8 @@ from tqdm import tqdm
 
 from bench import chart, cpp, machine, peak, peers, pure_python, report, results
 from bench.calibration import BUSY_EFFICIENCY, Calibration
-from bench.measure import Entry, Turns, prepare, summary, time_latency, time_throughput
-from common import files, spec, stages
+from bench.measure import Entry, Judge, Turns, prepare, summary, time_latency, time_throughput
+from common import files, quantized, spec, stages
 from common.errors import LadderError
 from common.images import load_batch, sample_images
 from common.paths import RESULTS_DIR, ROOT
@@ -44,9 +45,11 @@ def stage_entries(selected: list[stages.StageInfo], store: WeightStore, cores: i
     out = []
     for info in selected:
         module = stages.load(info)
+        precision = getattr(module, "PRECISION", "fp32")  # 10_int8 is judged by ONNX Runtime int8
+        kinds = {"precision": precision, "judged_by": precision}
         if not stages.threaded(module):
             make = partial(lambda max_batch, module: module.ResNet50(store, max_batch=max_batch), module=module)
-            out.append(Entry(info.name, info.name, "stage", 1, make, cpp.PUBLISHED_MS.get(info.key)))
+            out.append(Entry(info.name, info.name, "stage", 1, make, cpp.PUBLISHED_MS.get(info.key), **kinds))
             continue
         for threads in sorted({1, cores}):
             make = partial(
@@ -55,7 +58,11 @@ def stage_entries(selected: list[stages.StageInfo], store: WeightStore, cores: i
                 threads=threads,
             )
             published = cpp.PUBLISHED_MS.get(info.key) if threads == cores else None  # it ran on every core
-            out.append(Entry(f"{info.name}@{threads}", info.name, "stage", threads, make, published))
+            entry = Entry(f"{info.name}@{threads}", info.name, "stage", threads, make, published, **kinds)
+            skip = getattr(module, "SKIP", None)  # a stage that cannot do its idea on this target says why
+            if skip:
+                entry.status, entry.message = "skipped", skip
+            out.append(entry)
     return out
 
 
@@ -72,21 +79,25 @@ def mark_effective(row: dict) -> dict:
 SWEEP_BATCHES = (1, 2, 4, 8, 16)
 
 
-def batch_sweep(entries: list[Entry], images: np.ndarray, judge: np.ndarray, cores: int, repeats: int) -> dict:
-    """Images/s against batch size on every core: the fastest stage, 06 and ONNX Runtime (each judged at
-    every batch). How cost grows with work: a kernel that streams its weights once per batch gains."""
+def batch_sweep(entries: list[Entry], images: np.ndarray, judge: Judge, cores: int, repeats: int) -> dict:
+    """Images/s against batch size on every core: the fastest stage of each precision, 06 and ONNX Runtime
+    (int8 too when an int8 stage ran), each judged at every batch. How cost grows with work: a kernel that
+    streams its weights once per batch gains."""
     at_cores = [e for e in entries if e.ok and e.threads == cores and e.latency_s]
-    stages_ = [e for e in at_cores if e.kind == "stage"]
     chosen = []
-    if stages_:
-        chosen.append(min(stages_, key=lambda e: float(np.median(e.latency_s))))
-    chosen += [e for e in at_cores if (e.name.startswith("06_") or e.name == f"onnxruntime@{cores}")]
+    for precision in ("fp32", "int8"):
+        stages_ = [e for e in at_cores if e.kind == "stage" and e.precision == precision]
+        if stages_:
+            chosen.append(min(stages_, key=lambda e: float(np.median(e.latency_s))))
+    int8 = any(e.precision == "int8" for e in chosen)
+    peers_ = {f"onnxruntime@{cores}"} | ({f"onnxruntime-int8@{cores}"} if int8 else set())
+    chosen += [e for e in at_cores if (e.name.startswith("06_") or e.name in peers_)]
     chosen = list({e.name: e for e in chosen}.values())  # the fastest stage may be 06
     series = {}
     for entry in tqdm(chosen, desc="batch sweep", unit="entry", leave=False, disable=None):
         rates = []
         for batch in SWEEP_BATCHES:
-            probe = Entry(entry.name, entry.label, entry.kind, entry.threads, entry.make, latency_s=entry.latency_s)
+            probe = replace(entry, status="pending", throughput={}, logits={})
             time_throughput(probe, images, judge, batch, 60.0, repeats, MULTI_THREAD_TURNS["pause_s"])
             rates.append(probe.throughput.get("images_per_s") if probe.ok else None)
         series[entry.name] = {"label": entry.label, "images_per_s": rates}
@@ -148,20 +159,27 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None,
     )
     for trap in info["environment_traps"]:
         say(f"bench: environment trap: {trap}")
-    judge = Reference(store, max_batch=len(images))(images)
+    judge = Judge(Reference(store, max_batch=len(images))(images))
     contention = Contention(cores)
     contention.check("start")
     say("bench: measuring the machine's fp32 peak (FMAs in registers) and numpy's sgemm ...")
     limit = peak.measure(cores, repeats=3 if quick else 5)
     say(
         f"bench: FMA peak {limit['gflops_1_thread']} GFLOP/s on 1 thread, {limit['gflops_all_threads']} on {cores}; "
+        f"int8 {limit['int8_gops_1_thread']} and {limit['int8_gops_all_threads']} GOP/s; "
         f"sgemm {limit['sgemm_gflops_1_thread']} and {limit['sgemm_gflops_all_threads']}"
     )
 
     entries = stage_entries(selected, store, cores)
     thread_counts = sorted({1, cores})
     for p in peers.peers(store, thread_counts):
-        entries.append(Entry(p.name, p.label, "peer", p.threads, p.make, message=p.missing))
+        judged_by = "fp32" if p.precision == "fp32" else "int8" if p.name.startswith("onnxruntime") else "agreement"
+        entries.append(Entry(p.name, p.label, "peer", p.threads, p.make, message=p.missing, precision=p.precision,
+                             judged_by=judged_by))  # fmt: skip
+    if any(e.precision == "int8" for e in entries):
+        say("bench: the int8 judge: ONNX Runtime on the int8 model (common/quantized.py) ...")
+        int8_judge = quantized.Int8Reference(store, max_batch=len(images))
+        judge.int8, judge.int8_scale = int8_judge(images), int8_judge.scale
     for entry in tqdm(entries, desc="build and check against the judge", unit="entry", leave=False, disable=None):
         prepare(entry, images, judge)
         if entry.status not in ("pending", "missing"):
@@ -200,7 +218,12 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None,
     contention.check("end")
 
     info["numba_threading_layer"] = _threading_layer()
-    peak_of = {1: limit["gflops_1_thread"], cores: limit["gflops_all_threads"]}
+    peak_of = {
+        ("fp32", 1): limit["gflops_1_thread"],
+        ("fp32", cores): limit["gflops_all_threads"],
+        ("int8", 1): limit["int8_gops_1_thread"],
+        ("int8", cores): limit["int8_gops_all_threads"],
+    }
     data = {
         "schema": results.SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -217,7 +240,9 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None,
         "machine": info,
         "peak": limit,
         "flops_per_image": spec.TOTAL_FLOPS,
-        "entries": [mark_effective(summary(e, spec.TOTAL_FLOPS, peak_of[e.threads])) for e in entries],
+        "entries": [
+            mark_effective(summary(e, spec.TOTAL_FLOPS, peak_of[e.precision, e.threads], judge)) for e in entries
+        ],
         "extrapolations": [extrapolation],
         "contention": contention.summary(),
     }

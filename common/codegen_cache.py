@@ -44,7 +44,7 @@ FOLDER = re.compile(r"^\d\d_\w+-[0-9a-f]{20}$")
 # temporaries (and an older version's), numba's index/data files and our checksums of them, and numba's
 # temporaries.
 OURS = re.compile(
-    r"^(resnet50_generated\.py|selfcheck-[0-9a-f]{20}\.npy|\.tmp-(resnet50_generated\.py|selfcheck-[0-9a-f]{20}\.npy)"
+    r"^(\.compile\.lock|resnet50_generated\.py|selfcheck-[0-9a-f]{20}\.npy|\.tmp-(resnet50_generated\.py|selfcheck-[0-9a-f]{20}\.npy)"
     r"\.\d+|\.resnet50_generated\.\d+\.tmp|__pycache__)$"
 )
 OURS_IN_PYCACHE = re.compile(
@@ -142,11 +142,36 @@ def compile_here(folder: Path, name: str, slp: bool) -> None:
 
 def compile_in_child(module: ModuleType, slp: bool, label: str) -> float:
     """Compile the module's forward pass into numba's cache in a child process, with a clock running on a
-    terminal; returns the seconds it took. Its errors are the child's, as one line."""
+    terminal; returns the seconds it took. Its errors are the child's, as one line. One process at a time
+    compiles a folder (a lock file in it): another that wants the same code waits, then finds it cached."""
     folder = Path(module.__file__).parent
+    start = time.perf_counter()
+    with _compile_lock(folder):
+        if not in_cache(module):  # else compiled by another process while this one waited
+            _compile_in_child(folder, module, slp, label)
+    return time.perf_counter() - start
+
+
+@contextmanager
+def _compile_lock(folder: Path):
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): two processes may compile the same code, each correctly
+        yield
+        return
+    try:
+        handle = open(folder / ".compile.lock", "a+b")  # noqa: SIM115 (held for the block)
+    except OSError:
+        yield  # a folder we cannot write a lock into: load() has already chosen to compile in memory
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _compile_in_child(folder: Path, module: ModuleType, slp: bool, label: str) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     args = [sys.executable, "-c", COMPILE, str(folder), module.__name__, "slp" if slp else "-"]
-    start = time.perf_counter()
     clock = tqdm(desc=f"compiling {label} (once per target)", bar_format="{desc}: {elapsed}", disable=None, leave=False)
     with tempfile.TemporaryFile() as err, clock:
         child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=ROOT)
@@ -164,7 +189,6 @@ def compile_in_child(module: ModuleType, slp: bool, label: str) -> float:
             errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]  # numba's are multi-line
             why = (errors or lines or [f"exit status {child.returncode}"])[-1]
             raise CacheError(f"{folder}: compiling the generated code failed: {why}")
-    return time.perf_counter() - start
 
 
 def _import(source: str | None, path: Path, name: str) -> ModuleType:

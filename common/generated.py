@@ -74,16 +74,20 @@ def activation(tensor: str) -> str:
     return f"x_{local(tensor)}"
 
 
-def arena_view(tensor: str, at: int, shape: tuple[int, ...]) -> str:
-    """The view of the arena a tensor lives in: `b` images per tensor planned, `n` in this call."""
-    size = int(np.prod(shape))
+def arena_view(tensor: str, at: int, shape: tuple[int, ...], dtype: str | None = None) -> str:
+    """The view of the arena a tensor lives in: `b` images per tensor planned, `n` in this call. With a
+    dtype ('uint8'), the same bytes as that type (the shape counts its elements; the arena counts floats)."""
+    size = int(np.prod(shape)) // (4 // np.dtype(dtype).itemsize if dtype else 1)
     span = f"arena[: n * {size}]" if at == 0 else f"arena[b * {at} : b * {at} + n * {size}]"
-    return f"    {activation(tensor)} = {span}.reshape(n, {', '.join(map(str, shape))})"
+    as_type = f".view(np.{dtype})" if dtype else ""
+    return f"    {activation(tensor)} = {span}{as_type}.reshape(n, {', '.join(map(str, shape))})"
 
 
-def pool_view(name: str, at: int, shape: tuple[int, ...]) -> str:
-    """The view of the weight pool a tensor lives in."""
-    view = f"params[{at} : {at + int(np.prod(shape))}]"
+def pool_view(name: str, at: int, shape: tuple[int, ...], dtype: str | None = None) -> str:
+    """The view of the weight pool a tensor lives in (with a dtype, its bytes as that type: the pool counts
+    floats, the shape that type's elements)."""
+    size = int(np.prod(shape)) * (np.dtype(dtype).itemsize if dtype else 4) // 4
+    view = f"params[{at} : {at + size}]" + (f".view(np.{dtype})" if dtype else "")
     if len(shape) > 1:
         view += f".reshape({', '.join(map(str, shape))})"
     return f"    {local(name)} = {view}"

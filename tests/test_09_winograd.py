@@ -108,15 +108,6 @@ def test_edge_tiles_that_are_not_multiples_of_4_are_exact(s09, monkeypatch, hw, 
     assert layer_error(s09, step, n=2, threads=2) <= 1e-4
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_whole_network_on_1_and_2_threads_matches_the_judge(s09, threads, store, sample_batch, judge_logits):
-    batch, paths = sample_batch
-    logits = s09.ResNet50(store, max_batch=len(batch), threads=threads)(batch)
-    for i, path in enumerate(paths):
-        verdict = compare(logits[i], judge_logits[i])
-        assert verdict.ok, f"09 on {threads} threads, {path.name}: {verdict}"
-
-
 def test_a_batch_of_8_matches_the_judge(s09, store, sample_batch, judge_logits):
     batch, _ = sample_batch
     pick = [i % len(batch) for i in range(8)]

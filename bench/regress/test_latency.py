@@ -25,7 +25,11 @@ def threaded(info: stages.StageInfo) -> bool:
 
 
 def build(info: stages.StageInfo, store, threads: int | None = None):
-    """The stage as the bench runs it: a threaded one at `threads` (default: every core)."""
+    """The stage as the bench runs it: a threaded one at `threads` (default: every core). A stage that
+    cannot do its idea on this target (10_int8 without VNNI) is skipped, as the bench skips it."""
+    skip = getattr(stages.load(info), "SKIP", None)
+    if skip:
+        pytest.skip(f"{info.name}: {skip}")
     if threaded(info):
         return stages.load(info).ResNet50(store, threads=threads or CORES)
     return stages.load(info).ResNet50(store)
