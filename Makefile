@@ -30,11 +30,12 @@ FORMAT ?= text
 A ?=
 B ?=
 CPP_SRC ?=
+NOTES ?=
 WORKERS ?= auto
 # (After the defaults: `unexport X` defines X, and `X ?= ...` would then keep it empty.)
 # make expands a variable it exports to a recipe's environment (a command-line IMG='$(shell ...)' would
 # run), so the knobs are not exported; the two the programs read from the environment are passed quoted.
-KNOBS := CPP_SRC IMG STAGE STAGES SOURCE SEED FORCE FORMAT RESULTS A B QUICK THREADS WORKERS RESNET50_WEIGHTS RESNET50_CACHE
+KNOBS := CPP_SRC IMG STAGE STAGES SOURCE SEED FORCE FORMAT RESULTS A B NOTES QUICK THREADS WORKERS RESNET50_WEIGHTS RESNET50_CACHE
 unexport $(KNOBS)
 BENCH_COLUMNS := --benchmark-columns=min,median,rounds --benchmark-sort=name
 
@@ -50,8 +51,8 @@ help:
 	@echo "make chart                  redraw charts and the README table from results/latest.json"
 	@echo "make profile STAGE=06 [THREADS=1]   time and GFLOP/s per layer, next to ONNX Runtime's at equal threads"
 	@echo "make regress                latency regression check against results/baseline.json (make baseline rewrites it)"
-	@echo "make diff A=03 B=04         the lesson between two stages"
-	@echo "make ablate STAGE=05        each idea of a bundled rung (04, 05) switched off in turn, into its NOTES.md"
+	@echo "make diff A=03 B=04 [NOTES=1]   the lesson between two stages: resnet50.py (and NOTES.md)"
+	@echo "make ablate STAGE=07        each idea of a rung switched off in turn, into its NOTES.md (any stage with ABLATIONS)"
 	@echo "make codegen                write the generated kernels of 05 and later to codegen/ to read"
 	@echo "make torch | make openvino  install an optional peer into .venv"
 	@echo "make lint | make clean | make clean-cache (generated kernels in ~/.cache/resnet50-ladder)"
@@ -90,7 +91,7 @@ weights: $(SETUP)
 # pytest exits 5 when it collects no test: that is a failure here, not a pass.
 # The tests in parallel, one test file per worker, a worker per core (WORKERS=1: one process): most of the
 # time is numba compiling, one stage per process, and a lock in the cache lets one process compile each.
-XDIST = -n $(call q,WORKERS) --dist loadfile
+XDIST = -n $(call q,WORKERS) --dist loadfile --warm-stages
 
 test: weights-ready
 	@$(RUN) -m pytest $(XDIST) $(PYTEST_ARGS); rc=$$?; \
@@ -142,8 +143,9 @@ diff:
 	case "$$a$$b" in [0-9][0-9][0-9][0-9]) ;; *) echo "usage: make diff A=03 B=04 (two stage numbers)" >&2; exit 2;; esac; \
 	sa=$$(ls -d stages/"$$a"_* 2>/dev/null | head -1); sb=$$(ls -d stages/"$$b"_* 2>/dev/null | head -1); \
 	test -n "$$sa" -a -n "$$sb" || { echo "diff: no stage $$a or $$b in stages/" >&2; exit 2; }; \
-	a="$$sa"; b="$$sb"; \
-	diff -ru --exclude=__pycache__ "$$a" "$$b" | { if [ -t 1 ] && command -v colordiff >/dev/null; then colordiff; else cat; fi; }; true
+	files="resnet50.py"; if [ -n $(call q,NOTES) ]; then files="resnet50.py NOTES.md"; fi; \
+	for f in $$files; do diff -u "$$sa/$$f" "$$sb/$$f"; done \
+	| { if [ -t 1 ] && command -v colordiff >/dev/null; then colordiff; else cat; fi; }; true
 
 ablate: weights-ready
 	@$(RUN) -m bench.ablate --stage=$(if $(call given,STAGE),$(call q,STAGE),05) $(quick)

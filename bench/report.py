@@ -56,7 +56,8 @@ def fastest_lines(results: dict) -> list[str]:
             stage, peer = min(stages_, key=median), min(peers_, key=median)
             ratio = fmt_x(median(stage) / median(peer))
             lines.append(
-                f"{kind}, {threads} thread{'s' if threads > 1 else ''}: {md(stage['label'])} takes {ratio} "
+                f"{'int8, ' if kind == 'int8' else ''}{threads} thread{'s' if threads > 1 else ''}: "
+                f"{md(stage['label'])} takes {ratio} "
                 f"{md(peer['label'])}'s time ({fmt_ms(median(stage))} against {fmt_ms(median(peer))})"
             )
     return lines

@@ -63,6 +63,15 @@ def split(index: str, count: int | str) -> tuple[str, str]:
     return f"{index} // {n}", f"{index} % {n}"
 
 
+def docstring(text: str, indent: int = 4) -> list[str]:
+    """A generated function's docstring, wrapped to lines of at most 100 characters as a person writes it."""
+    import textwrap
+
+    pad = " " * indent
+    lines = textwrap.wrap(f'"""{text}"""', 100 - indent)
+    return [pad + line for line in lines]
+
+
 def local(name: str) -> str:
     """A weight's name as a Python name: 'layer1.0.bn1.weight' -> 'layer1_0_bn1_weight'."""
     return name.replace(".", "_")
@@ -269,3 +278,28 @@ class GeneratedResNet50:
     def _logits(self, n: int) -> np.ndarray:
         start = self.tensor_at[spec.LOGITS]
         return self.arena[start : start + n * spec.NUM_CLASSES].reshape(n, spec.NUM_CLASSES).copy()
+
+
+def warm_cache(infos: list, workers: int) -> list[str]:
+    """Compile the generated code of these stages (those built on GeneratedResNet50) into the cache, up to
+    `workers` at a time, each in a child process as a construction would (codegen_cache.compile_in_child;
+    its lock makes a construction that wants the same code wait for it rather than compile it again). For
+    a run about to build them all (`make test`'s parallel workers): returns the stages compiled."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from common import stages
+
+    jobs = []
+    for info in infos:
+        stage_class = getattr(stages.load(info), "ResNet50", None)
+        if not (isinstance(stage_class, type) and issubclass(stage_class, GeneratedResNet50)):
+            continue
+        with source_only():
+            source = stage_class(ShapesOnly()).source  # the source depends on the shapes alone
+        module = codegen_cache.load(source, info.name)
+        if not module.__name__.endswith("_in_memory") and not codegen_cache.in_cache(module):
+            jobs.append((module, stage_class.slp_vectorize, info.name))
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for future in [pool.submit(codegen_cache.compile_in_child, *job) for job in jobs]:
+            future.result()
+    return [label for _, _, label in jobs]

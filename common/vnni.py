@@ -79,14 +79,17 @@ def _data(context, builder, typ, value) -> ir.Value:
 def tile(pixels: int, vectors: int, residual: bool):
     """The int8 micro-kernel: 08's tile of `pixels` output pixels x `vectors` vectors of output channels,
     its sums int32 in registers, then the requantizing store on those registers. A numba intrinsic, called
-    as `tile(x, at, window, w, bias, scale, quant, y[, res])`:
+    as `tile(x, at, window, w, panel, bias, scale, quant, y[, res])`:
 
     x       uint8, the stored input, flat; at[0, r] is where pixel r's window starts in it (bytes)
     window  (taps, row, length): `taps` runs of `length` bytes (a multiple of 4), `row` bytes apart
-    w       int8, the panel: for each 4 bytes of the window, `vectors` vectors of output channels x 4 bytes
-    bias    int32, scale float32: the panel's channels' (bias with the input's zero point folded in)
-    quant   float32: (-zy, 255 - zy, zy), and with a residual `add_ratios`' three constants
-    y, res  uint8, flat: pixel r's channels go to y[at[1, r]:], its residual is res[at[2, r]:]
+    w       int8, every panel: per panel, for each 4 bytes of the window, `vectors` vectors of output
+            channels x 4 bytes; `panel` says which (its channels start at panel x vectors x lanes)
+    bias    int32, scale float32: every output channel's (bias with the input's zero point folded in)
+    quant   float32: (-zy, 255 - zy, zy), and with a residual `add_constants`' three
+    y, res  uint8, flat: pixel r's channels go to y[at[1, r] + first channel:], its residual is at
+            res[at[2, r] + first channel:]
+    (Whole arrays and an index rather than slices: numba counts references to every array it slices.)
 
     The sum: per 4 input bytes, the panel's vectors loaded once, each pixel's 4 bytes broadcast to every
     lane, pixels x vectors `dot4`s into accumulators that stay in registers (allocas LLVM promotes). The
@@ -100,8 +103,10 @@ def tile(pixels: int, vectors: int, residual: bool):
     ints, floats, bytes_ = ir.VectorType(I32, n), ir.VectorType(ir.FloatType(), n), ir.VectorType(I8, n)
 
     def codegen(context, builder, signature, args):
-        data = [_data(context, builder, t, v) for t, v in zip(signature.args, args, strict=True)]
-        xs, ats, win, ws, biases, scales, quant, ys = data[:8]
+        data = [_data(context, builder, t, v) if isinstance(t, types.Array) else v
+                for t, v in zip(signature.args, args, strict=True)]  # fmt: skip
+        xs, ats, win, ws, _, biases, scales, quant, ys = data[:9]
+        panel_index = args[4]
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(ints, None)) for _ in range(vectors)]
                 for _ in range(pixels)]  # fmt: skip
         x_bytes = builder.bitcast(xs, I8.as_pointer())
@@ -109,6 +114,10 @@ def tile(pixels: int, vectors: int, residual: bool):
         taps, row, length = (_at(builder, win, k) for k in range(3))
         starts = [_at(builder, ats, r) for r in range(pixels)]
         words = builder.udiv(length, ir.Constant(I64, 4))
+        # The panel's place: its weights (in vectors) and its first output channel.
+        w_vectors = builder.gep(w_vectors, [builder.mul(builder.mul(panel_index, builder.mul(taps, words)),
+                                                        ir.Constant(I64, vectors))])  # fmt: skip
+        first_channel = builder.mul(panel_index, ir.Constant(I64, vectors * n))
         with cgutils.for_range(builder, taps) as tap_loop:
             tap = tap_loop.index
             offset = builder.mul(tap, row)
@@ -116,14 +125,14 @@ def tile(pixels: int, vectors: int, residual: bool):
             with cgutils.for_range(builder, words) as word_loop:
                 i = word_loop.index
                 k = builder.mul(builder.add(first_word, i), ir.Constant(I64, vectors))
-                panel = [builder.load(builder.gep(w_vectors, [builder.add(k, ir.Constant(I64, j))]), align=4)
-                         for j in range(vectors)]  # fmt: skip
+                weights = [builder.load(builder.gep(w_vectors, [builder.add(k, ir.Constant(I64, j))]), align=4)
+                           for j in range(vectors)]  # fmt: skip
                 byte = builder.add(offset, builder.mul(i, ir.Constant(I64, 4)))
                 for r in range(pixels):
                     at = builder.gep(x_bytes, [builder.add(starts[r], byte)])
                     a = _splat(builder, builder.load(builder.bitcast(at, I32.as_pointer()), align=1), ints)
                     for j in range(vectors):
-                        builder.store(dot4(builder, builder.load(accs[r][j]), a, panel[j], name), accs[r][j])
+                        builder.store(dot4(builder, builder.load(accs[r][j]), a, weights[j], name), accs[r][j])
         # The store.
         q = [_splat(builder, _at(builder, quant, k), floats) for k in range(6 if residual else 3)]
         low, high, zero = q[:3]
@@ -131,10 +140,10 @@ def tile(pixels: int, vectors: int, residual: bool):
         declare = partial(cgutils.get_or_insert_function, builder.module)
         rint = declare(ir.FunctionType(floats, [floats]), f"llvm.rint.v{n}f32")
         fma_ = declare(ir.FunctionType(floats, [floats] * 3), f"llvm.fma.v{n}f32")
-        bias_v = builder.bitcast(biases, ints.as_pointer())
-        scale_v = builder.bitcast(scales, floats.as_pointer())
-        y_bytes = builder.bitcast(ys, I8.as_pointer())
-        r_bytes = builder.bitcast(data[8], I8.as_pointer()) if residual else None
+        bias_v = builder.bitcast(builder.gep(biases, [first_channel]), ints.as_pointer())
+        scale_v = builder.bitcast(builder.gep(scales, [first_channel]), floats.as_pointer())
+        y_bytes = builder.gep(builder.bitcast(ys, I8.as_pointer()), [first_channel])
+        r_bytes = builder.gep(builder.bitcast(data[9], I8.as_pointer()), [first_channel]) if residual else None
         channel = [
             (_at(builder, bias_v, j, align=4), _at(builder, scale_v, j, align=4)) for j in range(vectors)
         ]  # each vector of channels' bias and scale, loaded once
@@ -160,14 +169,14 @@ def tile(pixels: int, vectors: int, residual: bool):
     if residual:
 
         @intrinsic
-        def int8_tile_add(typingctx, x, at, window, w, bias, scale, quant, y, res):
-            return types.void(x, at, window, w, bias, scale, quant, y, res), codegen
+        def int8_tile_add(typingctx, x, at, window, w, panel, bias, scale, quant, y, res):
+            return types.void(x, at, window, w, types.int64, bias, scale, quant, y, res), codegen
 
         return int8_tile_add
 
     @intrinsic
-    def int8_tile(typingctx, x, at, window, w, bias, scale, quant, y):
-        return types.void(x, at, window, w, bias, scale, quant, y), codegen
+    def int8_tile(typingctx, x, at, window, w, panel, bias, scale, quant, y):
+        return types.void(x, at, window, w, types.int64, bias, scale, quant, y), codegen
 
     return int8_tile
 

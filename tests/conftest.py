@@ -1,7 +1,12 @@
-"""Shared fixtures: the weight store, the sample images and the judge's logits for them."""
+"""Shared fixtures: the weight store, the sample images and the judge's logits for them; and, for `make
+test`'s parallel run (--warm-stages), every generated stage compiled into the cache in the background from
+the start, two at a time, so that the workers' tests find them compiled (or wait on the cache's lock for
+the one being compiled) instead of compiling one after another."""
 
+import contextlib
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +20,32 @@ from common.paths import weights_dir
 from common.quantized import Int8Reference
 from common.reference import Reference
 from common.weights import WeightStore
+
+
+def pytest_addoption(parser):
+    parser.addoption("--warm-stages", action="store_true", help="compile every generated stage in the background")
+
+
+_WARMING: list[threading.Thread] = []
+
+
+def pytest_configure(config):
+    if not config.getoption("--warm-stages") or hasattr(config, "workerinput"):  # the controller warms
+        return
+    from common.generated import warm_cache
+
+    def warm() -> None:
+        with contextlib.suppress(Exception):  # a stage that does not compile fails its own tests, saying why
+            warm_cache(stages.available(), 2)
+
+    thread = threading.Thread(target=warm, name="warm-stages", daemon=True)
+    thread.start()
+    _WARMING.append(thread)
+
+
+def pytest_unconfigure(config):
+    for thread in _WARMING:  # its compiles finish (the lock makes every other builder wait for them anyway)
+        thread.join(timeout=900)
 
 
 @pytest.fixture(scope="session")

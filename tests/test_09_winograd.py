@@ -85,13 +85,11 @@ def layer_error(s09, step: spec.Step, n: int = 1, threads: int = 1) -> float:
 
 
 @pytest.mark.parametrize("layer", ["layer1.0.conv2", "layer2.1.conv2", "layer3.1.conv2", "layer4.1.conv2"])
-@pytest.mark.parametrize("residual", [False, True])
-def test_every_3x3_layer_shape_with_and_without_residual_matches_onnxruntime(s09, layer, residual):
-    step = spec.STEP_BY_NAME[layer]
-    if residual:
-        step = s09.dataclasses.replace(step, residual="a_residual")  # ResNet-50's have none: its 1x1 convs do
-    error = layer_error(s09, step)
-    assert error <= 1e-4, (layer, residual, error)  # relative to the largest output; F(4x4) in float32
+def test_every_3x3_layer_shape_matches_onnxruntime(s09, layer):
+    """ResNet-50's 3x3 stride-1 shapes (none of them takes a residual: its 1x1 convs do; the edge-tile test
+    below runs the output transform with a residual)."""
+    error = layer_error(s09, spec.STEP_BY_NAME[layer])
+    assert error <= 1e-4, (layer, error)  # relative to the largest output; F(4x4) in float32
 
 
 @pytest.mark.parametrize("hw, cin, cout", [(13, 5, 70), (7, 16, 13), (6, 3, 64)])

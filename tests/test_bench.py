@@ -160,7 +160,7 @@ def test_the_batch_sweep_is_validated_and_drawn(small_results, tmp_path):
 
 
 def test_the_batch_sweep_times_the_fastest_stage_06_and_onnxruntime(store, sample_batch, judge_logits):
-    from bench.measure import Entry
+    from bench.measure import Entry, Judge
     from bench.run import SWEEP_BATCHES, batch_sweep
     from common.reference import Reference
 
@@ -171,7 +171,7 @@ def test_the_batch_sweep_times_the_fastest_stage_06_and_onnxruntime(store, sampl
         Entry("06_threads@2", "06_threads", "stage", 2, judge, latency_s=[0.05]),
         Entry("onnxruntime@2", "ONNX Runtime", "peer", 2, judge, latency_s=[0.02]),
     ]
-    sweep = batch_sweep(entries, images, judge_logits, cores=2, repeats=1)
+    sweep = batch_sweep(entries, images, Judge(judge_logits), cores=2, repeats=1)
     assert sweep["batches"] == list(SWEEP_BATCHES) and set(sweep["series"]) == {"06_threads@2", "onnxruntime@2"}
     assert all(r > 0 for s in sweep["series"].values() for r in s["images_per_s"])
 

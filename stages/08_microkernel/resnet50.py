@@ -8,7 +8,8 @@ no horizontal sum. (That is AVX-512's tile; the tile is sized for the registers 
 compiles for, common.isa: AVX2 gets 5 pixels x 16 channels.) The weights are packed at construction in
 the order the tile reads them (panels of 64 output channels, taps and input channels major); a batch is
 more pixels of the same GEMM; each thread takes an equal share of the (panel, pixel tile) items. The
-store is 07's epilogue, on the tile's registers.
+store is 07's epilogue, on the tile's registers. (And one switch of the harness for batches: several
+images run image by image through layer1 and layer2, where the activations are large.)
 
 The forward pass walks `spec.STEPS` (conv1, maxpool, 16 bottlenecks, avgpool, fc): each step reads one
 named tensor and writes one; a bottleneck's last conv adds the block's input (the residual) before its ReLU.
@@ -22,7 +23,7 @@ from numba import njit, prange
 
 from common import isa, spec
 from common.arena import channels_last, pack_arrays
-from common.generated import GeneratedResNet50, activation, arena_view, local, plus, pool_view, split, times
+from common.generated import GeneratedResNet50, activation, arena_view, docstring, local, plus, pool_view, split, times
 from common.inputs import SHAPE
 
 # The tile for the register file numba compiles for (common.isa): pixels x vectors of output channels,
@@ -97,6 +98,13 @@ def tile_source(step: spec.Step, lanes: int = PANEL, pixels: int = PIXELS) -> st
     out = [
         "@njit(cache=True, fastmath=FMA_ONLY)",
         f"def {tile_name(step, lanes, pixels)}(x, at, window, w, bias, y{res}):",
+        *docstring(
+            f"The micro-kernel, unrolled by the generator (tile_source): {pixels} pixels x {PANEL} output channels "
+            f"of sums as scalars c{{pixel}}_{{channel}}, which LLVM's SLP vectorizer packs into {pixels * VECTORS} "
+            f"vectors; per input float, {PANEL} weights loaded and {pixels} broadcast, {pixels * PANEL} multiply-adds. "
+            f"Then the store of the first {lanes} channels: + bias{', + residual' if res else ''}"
+            f"{', ReLU' if step.relu else ''}."
+        ),
         "    taps, row, length = window[0], window[1], window[2]",
         *[f"    c{r}_{j} = np.float32(0.0)" for r in rows for j in channels],
         "    for tap in range(taps):",
@@ -364,7 +372,11 @@ def panels(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(-1, PANEL, rows.shape[1]).transpose(0, 2, 1))
 
 
+# A batch runs image by image through layer1 and layer2 (common.generated): their activations are 1.6-3.2 MB
+# per image, and a batch of 8 of them does not stay in L3 (32 MB) from one layer to the next.
+WHOLE_BATCH_FROM = "layer3.0.downsample.0"
 ABLATIONS = {
+    "the whole batch through every step (no image-by-image start)": {"whole_batch_from": None},
     "5 pixels per tile (not 6)": {"pixels": 5},
     "4 pixels per tile": {"pixels": 4},
     "7 pixels per tile (28 accumulators: more than the registers leave)": {"pixels": 7},
@@ -376,7 +388,11 @@ ABLATIONS = {
 class ResNet50(GeneratedResNet50):
     slp_vectorize = True  # the tile's scalars become vectors only with LLVM's SLP vectorizer
 
-    def __init__(self, weights, max_batch: int = 1, threads: int | None = None, **switches) -> None:
+    def __init__(
+        self, weights, max_batch: int = 1, threads: int | None = None, whole_batch_from: str | None = WHOLE_BATCH_FROM,
+        **switches
+    ) -> None:
+        self.whole_batch_from = whole_batch_from
         self.switches = {"pixels": PIXELS, **switches}
         super().__init__(weights, max_batch, numba.config.NUMBA_NUM_THREADS if threads is None else threads)
 

@@ -1,14 +1,13 @@
 """Stage 09, Winograd: the 3x3 stride-1 convs with fewer multiplications.
 
-One change from 08: the 13 3x3 convs of stride 1 (36.8% of ResNet-50's FLOPs) use Winograd's minimal
-filtering F(4x4, 3x3) (Lavin and Gray, 2016). A 4x4 block of outputs of one (input, output) channel pair
-needs 36 multiplications instead of 144: in the transformed domain a 3x3 conv over a 6x6 input tile is an
-elementwise product, and summed over the input channels it is 36 independent GEMMs, which 08's
-micro-kernel computes. Per such conv: the input tiles are transformed (V = B^T d B, the 6x6 matrices are
-literals in the generated code), the 36 GEMMs multiply them with the weights transformed at construction
-(U = G g G^T), and the output transform (Y = A^T m A) is fused with 08's epilogue: + bias, + residual,
-ReLU, into the reader's buffer. Every other conv is 08's. (And one switch of the harness for batches:
-several images run image by image through layer1 and layer2, where the activations are large.)
+One change from 08: the 11 3x3 convs of stride 1 in layer1-3 (31.1% of ResNet-50's FLOPs) use
+Winograd's minimal filtering F(4x4, 3x3) (Lavin and Gray, 2016). A 4x4 block of outputs of one (input,
+output) channel pair needs 36 multiplications instead of 144: in the transformed domain a 3x3 conv over a
+6x6 input tile is an elementwise product, and summed over the input channels it is 36 independent GEMMs,
+which 08's micro-kernel computes. Per such conv: the input tiles are transformed (V = B^T d B, the 6x6
+matrices are literals in the generated code), the 36 GEMMs multiply them with the weights transformed at
+construction (U = G g G^T), and the output transform (Y = A^T m A) is fused with 08's epilogue: + bias,
++ residual, ReLU, into the reader's buffer. Every other conv is 08's.
 
 The forward pass walks `spec.STEPS` (conv1, maxpool, 16 bottlenecks, avgpool, fc): each step reads one
 named tensor and writes one; a bottleneck's last conv adds the block's input (the residual) before its ReLU.
@@ -23,7 +22,7 @@ from numba import njit, prange
 
 from common import isa, spec
 from common.arena import channels_last, pack_arrays
-from common.generated import GeneratedResNet50, activation, arena_view, local, plus, pool_view, split, times
+from common.generated import GeneratedResNet50, activation, arena_view, docstring, local, plus, pool_view, split, times
 from common.inputs import SHAPE
 
 # The tile for the register file numba compiles for (common.isa): pixels x vectors of output channels,
@@ -128,6 +127,13 @@ def tile_source(step: spec.Step, lanes: int = PANEL, pixels: int = PIXELS) -> st
     out = [
         "@njit(cache=True, fastmath=FMA_ONLY)",
         f"def {tile_name(step, lanes, pixels)}(x, at, window, w, bias, y{res}):",
+        *docstring(
+            f"The micro-kernel, unrolled by the generator (tile_source): {pixels} pixels x {PANEL} output channels "
+            f"of sums as scalars c{{pixel}}_{{channel}}, which LLVM's SLP vectorizer packs into {pixels * VECTORS} "
+            f"vectors; per input float, {PANEL} weights loaded and {pixels} broadcast, {pixels * PANEL} multiply-adds. "
+            f"Then the store of the first {lanes} channels: + bias{', + residual' if res else ''}"
+            f"{', ReLU' if step.relu else ''}."
+        ),
         "    taps, row, length = window[0], window[1], window[2]",
         *[f"    c{r}_{j} = np.float32(0.0)" for r in rows for j in channels],
         "    for tap in range(taps):",

@@ -129,17 +129,18 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f"at[0, r] = img * {rows * row} + {times(plus(times(oh, c.stride), shift), row)}"
         f" + {times(plus(times(ow, c.stride), shift), cin)}",
         f"at[1, r] = img * {out_rows * out_row} + {times(plus(oh, edge), out_row)}"
-        f" + {times(plus(ow, edge), c.cout)} + co",
-        *([f"at[2, r] = p * {c.cout} + co"] if res else []),
+        f" + {times(plus(ow, edge), c.cout)}",
+        *([f"at[2, r] = p * {c.cout}"] if res else []),
     ]
     tile, panel = split("item", panels) if tiles_first(c, order) else split("item", "tiles")[::-1]
     body = [
-        f"first = {times(tile, pixels)}",
-        f"co = {times(panel, PANEL)}",
-        f"for r in range({pixels}):",
-        *["    " + w for w in where],
-        f"{tile_name(step, pixels)}(xs, at, window, w[{panel}], bias[co : co + {PANEL}], scale[co : co + {PANEL}], "
-        f"quant, ys{', rs' if res else ''})",
+        f"tile, panel = {tile}, {panel}",
+        "if tile != placed:  # the pixels' places, once per pixel tile (its panels follow one another)",
+        f"    first = {times('tile', pixels)}",
+        f"    for r in range({pixels}):",
+        *["        " + w for w in where],
+        "    placed = tile",
+        f"{tile_name(step, pixels)}(xs, at, window, w, panel, bias, scale, quant, ys{', rs' if res else ''})",
     ]
     out = [
         "@njit(cache=True, parallel=True)",
@@ -156,7 +157,7 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         *(["    rs = res.reshape(-1)"] if res else []),
         f"    window = np.array(({c.kernel}, {row}, {c.kernel * cin}))  # taps, bytes between them, bytes in each",
         "    for part in prange(parts):  # numba gives each thread an equal share of the runs",
-        "        at = ats[part]",
+        "        at, placed = ats[part], -1",
         "        for item in range(part * items // parts, (part + 1) * items // parts):",
         *["            " + b for b in body],
     ]
@@ -388,7 +389,10 @@ def add_constants(a: tuple[float, int], b: tuple[float, int], c: tuple[float, in
     return ratio_a, ratio_b, constant
 
 
+# A batch runs image by image through layer1 and layer2 (common.generated): 08's switch, the same here.
+WHOLE_BATCH_FROM = "layer3.0.downsample.0"
 ABLATIONS = {
+    "the whole batch through every step (no image-by-image start)": {"whole_batch_from": None},
     "5 pixels per tile (not 6)": {"pixels": 5},
     "every conv panel by panel": {"order": "panels"},
     "every conv tile by tile": {"order": "tiles"},
@@ -396,7 +400,11 @@ ABLATIONS = {
 
 
 class ResNet50(GeneratedResNet50):
-    def __init__(self, weights, max_batch: int = 1, threads: int | None = None, **switches) -> None:
+    def __init__(
+        self, weights, max_batch: int = 1, threads: int | None = None, whole_batch_from: str | None = WHOLE_BATCH_FROM,
+        **switches
+    ) -> None:
+        self.whole_batch_from = whole_batch_from
         self.switches = {"pixels": PIXELS, **switches}
         # The int8 model ONNX Runtime's quantizer makes for these weights (cached); none for `make codegen`,
         # whose stand-in store has shapes only (the generated source depends on shapes alone).
