@@ -105,7 +105,7 @@ BENCH_ARGS = $(if $(call given,STAGES),--stages=$(call q,STAGES)) $(quick)
 # The stage tests as a CPU without AVX-512 runs them: numba compiles for Haswell (AVX2 + FMA, 16 ymm registers),
 # whatever this machine has (common.isa reads the target; generated code is cached per target).
 AVX2 := NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=
-STAGE_TESTS := tests/test_0*.py tests/test_stages_vs_judge.py tests/test_selfcheck.py tests/test_isa.py tests/test_peak.py \
+STAGE_TESTS := tests/test_0*.py tests/test_1[0-9]_*.py tests/test_stages_vs_judge.py tests/test_selfcheck.py tests/test_isa.py tests/test_peak.py \
 	tests/test_generated_code.py
 test-avx2: weights-ready
 	@$(AVX2) $(RUN) -m pytest $(XDIST) $(STAGE_TESTS) $(PYTEST_ARGS); rc=$$?; \

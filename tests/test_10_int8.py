@@ -115,7 +115,7 @@ def test_dot4_sums_four_byte_products_exactly(path, monkeypatch):
 
         @njit
         def run(x, at, window, w, bias, scale, quant, y):
-            tile(x, at, window, w, bias, scale, quant, y)
+            tile(x, at, window, w, 0, bias, scale, quant, y)
 
         n = vnni.lanes() * vectors
         rng = np.random.default_rng(1)
@@ -154,7 +154,7 @@ def test_the_tile_is_vnni_on_the_targets_vectors_with_nothing_spilled(s10):
 
     @njit
     def run(x, at, window, w, bias, scale, quant, y, res):
-        tile(x, at, window, w, bias, scale, quant, y, res)
+        tile(x, at, window, w, 0, bias, scale, quant, y, res)
 
     u8, i8, i64 = np.zeros(4096, np.uint8), np.zeros(4096, np.int8), np.zeros((3, s10.PIXELS), np.int64)
     f32, i32 = np.zeros(s10.PANEL, np.float32), np.zeros(s10.PANEL, np.int32)

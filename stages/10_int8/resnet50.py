@@ -220,7 +220,8 @@ def maxpool_source(step: spec.Step) -> str:
 def avgpool_source(step: spec.Step) -> str:
     """ONNX Runtime's QLinearGlobalAveragePool: the int32 sum less the zero point per pixel, times
     scale_in / (scale_out * pixels), rounded, + the output's zero point. quant = (that scale, zero point in,
-    zero point out)."""
+    zero point out). The sums run along the stored rows (channels innermost: vector adds of bytes widened to
+    int32); the images go to the threads."""
     c, h, w = spec.STEP_BY_NAME[step.src].shape
     return "\n".join(
         [
@@ -228,13 +229,15 @@ def avgpool_source(step: spec.Step) -> str:
             f"def avgpool_{c}x{h}x{w}(x, quant, y):",
             f'    """Mean over the {h}x{w} pixels of each channel, channels-last bytes in, (n, {c}) bytes out."""',
             f"    bias = -np.int32(quant[1]) * {h * w}",
-            "    for n in range(x.shape[0]):",
-            f"        for ch in prange({c}):  # channels, across threads",
-            "            acc = bias",
-            f"            for i in range({h}):",
-            f"                for j in range({w}):",
-            f"                    acc += np.int32(x[n, i, {plus(times('j', c), 'ch')}])",
-            "            v = np.rint(np.float32(acc) * quant[0]) + quant[2]",
+            "    for n in prange(x.shape[0]):  # images, across threads",
+            f"        acc = np.full({c}, bias, np.int32)",
+            f"        for i in range({h}):",
+            f"            for j in range({w}):",
+            f"                row = x[n, i, {times('j', c)} : {plus(times('j', c), c)}]",
+            f"                for ch in range({c}):",
+            "                    acc[ch] += np.int32(row[ch])",
+            f"        for ch in range({c}):",
+            "            v = np.rint(np.float32(acc[ch]) * quant[0]) + quant[2]",
             "            y[n, ch] = np.uint8(min(max(v, np.float32(0.0)), np.float32(255.0)))",
         ]
     ) + "\n"
