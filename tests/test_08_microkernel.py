@@ -155,7 +155,7 @@ for cin, cout, k, stride, pad, hw, residual, relu in cases:
     step = spec.Step("odd_out", "conv", "odd_in", (cout, c.h_out, c.w_out), c, "odd_res" if residual else None, relu)
     shapes.update(odd_in=(cin, hw, hw), odd_out=(cout, c.h_out, c.w_out), odd_res=(cout, c.h_out, c.w_out))
     borders = {"odd_in": pad, "odd_out": 1}  # the output stored with a border, as for a 3x3 reader
-    source = "\n\n".join([*(s.tile_source(step, n) for n in s.lanes_of(c)),
+    source = "\n\n".join([*(s.tile_source(step, n) for n in s.stored_channels(c)),
                           s.conv_source(step, ["odd"])]).replace("cache=True", "cache=False")
     namespace = {"np": np, "njit": njit, "prange": prange, "FMA_ONLY": s.FMA_ONLY}
     with slp_vectorizer():

@@ -76,16 +76,16 @@ def kernel_name(step: spec.Step) -> str:
     return f"{conv_name(step.conv)}{epilogue(step)}" + (f"_pad{border(step.dst)}" if border(step.dst) else "")
 
 
-def tile_name(step: spec.Step, lanes: int = PANEL, pixels: int = PIXELS) -> str:
-    return f"tile_{pixels}x{PANEL}{epilogue(step)}" + (f"_{lanes}_lanes" if lanes < PANEL else "")
+def tile_name(step: spec.Step, stored: int = PANEL, pixels: int = PIXELS) -> str:
+    return f"tile_{pixels}x{PANEL}{epilogue(step)}" + (f"_{stored}_channels" if stored < PANEL else "")
 
 
-def tile_source(step: spec.Step, lanes: int = PANEL, pixels: int = PIXELS) -> str:
+def tile_source(step: spec.Step, stored: int = PANEL, pixels: int = PIXELS) -> str:
     """The micro-kernel: `pixels` output pixels x one panel of 64 output channels, held in registers
     (`c{pixel}_{channel}`: pixels x VECTORS vector registers once LLVM's SLP vectorizer packs them) for the whole sum.
     Each step of the sum loads the panel's 64 weights for one input float once (4 vectors) and
     broadcasts each pixel's input float: pixels x 4 vector FMAs, no horizontal sum. Then 07's epilogue,
-    on the registers: + bias, + the residual, ReLU, the first `lanes` channels into y.
+    on the registers: + bias, + the residual, ReLU, the first `stored` channels into y.
 
     x is the stored input, flat; at[0, r] is where pixel r's window starts in it: `taps` runs of `length`
     floats (a kernel row's taps x input channels, contiguous channels-last), `row` apart, given in
@@ -97,12 +97,12 @@ def tile_source(step: spec.Step, lanes: int = PANEL, pixels: int = PIXELS) -> st
     res = ", res" if step.residual else ""
     out = [
         "@njit(cache=True, fastmath=FMA_ONLY)",
-        f"def {tile_name(step, lanes, pixels)}(x, at, window, w, bias, y{res}):",
+        f"def {tile_name(step, stored, pixels)}(x, at, window, w, bias, y{res}):",
         *docstring(
             f"The micro-kernel, unrolled by the generator (tile_source): {pixels} pixels x {PANEL} output channels "
             f"of sums as scalars c{{pixel}}_{{channel}}, which LLVM's SLP vectorizer packs into {pixels * VECTORS} "
             f"vectors; per input float, {PANEL} weights loaded and {pixels} broadcast, {pixels * PANEL} multiply-adds. "
-            f"Then the store of the first {lanes} channels: + bias{', + residual' if res else ''}"
+            f"Then the store of the first {stored} channels: + bias{', + residual' if res else ''}"
             f"{', ReLU' if step.relu else ''}."
         ),
         "    taps, row, length = window[0], window[1], window[2]",
@@ -118,15 +118,15 @@ def tile_source(step: spec.Step, lanes: int = PANEL, pixels: int = PIXELS) -> st
     for r in rows:
         out += [f"            p{r} = x{r}[i]", *[f"            c{r}_{j} += p{r} * w{j}" for j in channels]]
     for r in rows:
-        value = [f"c{r}_{j} + bias[{j}]" + (f" + rr[{j}]" if res else "") for j in range(lanes)]
+        value = [f"c{r}_{j} + bias[{j}]" + (f" + rr[{j}]" if res else "") for j in range(stored)]
         if step.relu:
             value = [f"max({v}, np.float32(0.0))" for v in value]
         # Slices, so that every index is a literal (numba adds no negative-index check), and every load
         # before the first store (LLVM cannot rule out that y overlaps the residual): only then does it
         # see 64 loads, sums and stores side by side and make vectors of them.
-        out += [f"    yr = y[at[1, {r}] : at[1, {r}] + {lanes}]"]
-        out += [f"    rr = res[at[2, {r}] : at[2, {r}] + {lanes}]"] if res else []
-        out += [f"    v{j} = {v}" for j, v in enumerate(value)] + [f"    yr[{j}] = v{j}" for j in range(lanes)]
+        out += [f"    yr = y[at[1, {r}] : at[1, {r}] + {stored}]"]
+        out += [f"    rr = res[at[2, {r}] : at[2, {r}] + {stored}]"] if res else []
+        out += [f"    v{j} = {v}" for j, v in enumerate(value)] + [f"    yr[{j}] = v{j}" for j in range(stored)]
     return "\n".join(out) + "\n"
 
 
@@ -221,6 +221,12 @@ def entry_source() -> str:
     ) + "\n"
 
 
+def maxpool_name(step: spec.Step) -> str:
+    """The max pool's kernel, named by its input's shape: maxpool_64x112x112."""
+    c, h, w = chw(step.src)
+    return f"maxpool_{c}x{h}x{w}"
+
+
 def maxpool_source(step: spec.Step) -> str:
     """Max pool on the stored layout. Its input is a ReLU output (every value >= 0) with a zero border as
     wide as the pool's padding, so the border can stand for the padding: a zero never beats a real value."""
@@ -230,7 +236,7 @@ def maxpool_source(step: spec.Step) -> str:
     return "\n".join(
         [
             "@njit(cache=True, parallel=True)",
-            f"def maxpool_{c}x{h * stride}x{w * stride}(x, y):",
+            f"def {maxpool_name(step)}(x, y):",
             f'    """{k}x{k} max pool, stride {stride}, padding {pad} (the stored zero border), channels-last."""',
             "    for n in range(x.shape[0]):",
             f"        for oh in prange({h}):  # rows, across threads",
@@ -302,8 +308,7 @@ def forward_source(tensor_at: dict[str, int], weight_at: dict[str, int]) -> str:
             res = f", {activation(step.residual)}" if step.residual else ""
             steps.append(f"        {kernel_name(step)}({src}, {local(c.weight)}, {local(bias_name(c))}, {dst}{res})")
         elif step.op == "maxpool":
-            c, h, w = step.shape
-            steps.append(f"        maxpool_{c}x{h * 2}x{w * 2}({src}, {dst})")
+            steps.append(f"        {maxpool_name(step)}({src}, {dst})")
         elif step.op == "avgpool":
             c, h, w = spec.STEP_BY_NAME[step.src].shape
             steps.append(f"        avgpool_{c}x{h}x{w}({src}, {dst})")
@@ -328,12 +333,12 @@ def generate(tensor_at: dict[str, int], weight_at: dict[str, int], pixels: int =
         if step.conv:
             kernels.setdefault(kernel_name(step), []).append(step)
     pools = [s for s in spec.STEPS if s.op in ("maxpool", "avgpool")]
-    tiles = {tile_name(s, n, pixels): (s, n) for s in spec.STEPS if s.conv for n in lanes_of(s.conv)}
+    tiles = {tile_name(s, n, pixels): (s, n) for s in spec.STEPS if s.conv for n in stored_channels(s.conv)}
     parts = [
         "import numpy as np\nfrom numba import njit, prange\n\n"
         f"FMA_ONLY = {{{', '.join(map(repr, sorted(FMA_ONLY)))}}}\n",
         entry_source(),
-        *(tile_source(step, lanes, pixels) for step, lanes in tiles.values()),
+        *(tile_source(step, stored, pixels) for step, stored in tiles.values()),
         *(conv_source(steps[0], [s.name for s in steps], pixels, order) for steps in kernels.values()),
         *(maxpool_source(s) if s.op == "maxpool" else avgpool_source(s) for s in pools),
         inspect.getsource(fc.py_func),
@@ -352,7 +357,7 @@ def fold(w: np.ndarray, gamma, beta, mean, var) -> tuple[np.ndarray, np.ndarray]
     return folded.astype(np.float32), bias.astype(np.float32)
 
 
-def lanes_of(c: spec.Conv) -> list[int]:
+def stored_channels(c: spec.Conv) -> list[int]:
     """The channel counts a conv's tiles store: whole panels, and the short last one if there is one."""
     return [PANEL] * (c.cout >= PANEL) + [c.cout % PANEL] * (c.cout % PANEL > 0)
 

@@ -192,6 +192,12 @@ def entry_source() -> str:
     ) + "\n"
 
 
+def maxpool_name(step: spec.Step) -> str:
+    """The max pool's kernel, named by its input's shape: maxpool_64x112x112."""
+    c, h, w = chw(step.src)
+    return f"maxpool_{c}x{h}x{w}"
+
+
 def maxpool_source(step: spec.Step) -> str:
     """08's max pool, on bytes: the max of quantized values is the quantized max (same scale and zero point),
     and the input is a ReLU output stored with a border of 0, its zero point."""
@@ -201,7 +207,7 @@ def maxpool_source(step: spec.Step) -> str:
     return "\n".join(
         [
             "@njit(cache=True, parallel=True)",
-            f"def maxpool_{c}x{h * stride}x{w * stride}(x, y):",
+            f"def {maxpool_name(step)}(x, y):",
             f'    """{k}x{k} max pool, stride {stride}, padding {pad} (the stored border), channels-last bytes."""',
             "    for n in range(x.shape[0]):",
             f"        for oh in prange({h}):  # rows, across threads",
@@ -288,8 +294,7 @@ def forward_source(tensor_at: dict[str, int], weight_at: dict[str, int]) -> str:
             res = f", {activation(step.residual)}" if step.residual else ""
             steps.append(f"        {kernel_name(step)}({src}, {', '.join(map(local, names))}, {dst}{res})")
         elif step.op == "maxpool":
-            c, h, w = step.shape
-            steps.append(f"        maxpool_{c}x{h * 2}x{w * 2}({src}, {dst})")
+            steps.append(f"        {maxpool_name(step)}({src}, {dst})")
         elif step.op == "avgpool":
             c, h, w = spec.STEP_BY_NAME[step.src].shape
             views.append(pool_view(AVGPOOL_Q, weight_at[AVGPOOL_Q], (3,)))
