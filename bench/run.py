@@ -79,7 +79,9 @@ def mark_effective(row: dict) -> dict:
 SWEEP_BATCHES = (1, 2, 4, 8, 16)
 
 
-def batch_sweep(entries: list[Entry], images: np.ndarray, judge: Judge, cores: int, repeats: int) -> dict:
+def batch_sweep(
+    entries: list[Entry], images: np.ndarray, judge: Judge, cores: int, repeats: int, batches=SWEEP_BATCHES
+) -> dict:
     """Images/s against batch size on every core: the fastest stage of each precision, 06 and ONNX Runtime
     (int8 too when an int8 stage ran), each judged at every batch. How cost grows with work: a kernel that
     streams its weights once per batch gains."""
@@ -96,12 +98,12 @@ def batch_sweep(entries: list[Entry], images: np.ndarray, judge: Judge, cores: i
     series = {}
     for entry in tqdm(chosen, desc="batch sweep", unit="entry", leave=False, disable=None):
         rates = []
-        for batch in SWEEP_BATCHES:
+        for batch in batches:
             probe = replace(entry, status="pending", throughput={}, logits={})
             time_throughput(probe, images, judge, batch, 60.0, repeats, MULTI_THREAD_TURNS["pause_s"])
             rates.append(probe.throughput.get("images_per_s") if probe.ok else None)
         series[entry.name] = {"label": entry.label, "images_per_s": rates}
-    return {"threads": cores, "batches": list(SWEEP_BATCHES), "series": series}
+    return {"threads": cores, "batches": list(batches), "series": series}
 
 
 def cpp_entries(src: str, store: WeightStore, images: list[Path], cores: int, keys: list[str]) -> list[Entry]:

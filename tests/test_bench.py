@@ -171,8 +171,9 @@ def test_the_batch_sweep_times_the_fastest_stage_06_and_onnxruntime(store, sampl
         Entry("06_threads@2", "06_threads", "stage", 2, judge, latency_s=[0.05]),
         Entry("onnxruntime@2", "ONNX Runtime", "peer", 2, judge, latency_s=[0.02]),
     ]
-    sweep = batch_sweep(entries, images, Judge(judge_logits), cores=2, repeats=1)
-    assert sweep["batches"] == list(SWEEP_BATCHES) and set(sweep["series"]) == {"06_threads@2", "onnxruntime@2"}
+    sweep = batch_sweep(entries, images, Judge(judge_logits), cores=2, repeats=1, batches=(1, 2))
+    assert sweep["batches"] == [1, 2] and set(sweep["series"]) == {"06_threads@2", "onnxruntime@2"}
+    assert SWEEP_BATCHES[-1] == 16  # what a full run sweeps (two here: the test is about who is swept)
     assert all(r > 0 for s in sweep["series"].values() for r in s["images_per_s"])
 
 
@@ -217,3 +218,30 @@ def test_the_isa_table_puts_two_targets_side_by_side(small_results, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"before\n{isa_compare.BEGIN}\nold\n{isa_compare.END}\nafter\n")
     assert isa_compare.main([str(tmp_path / "a.json"), "--readme", str(readme)]) == 2  # no such file: one line
+
+
+def test_the_ablation_table_shows_latency_and_batch_throughput_and_replaces_its_block(tmp_path):
+    from bench import ablate
+
+    data = {
+        "stage": "08_microkernel", "key": "08", "created": "2026-12-02T01:00:00+0000", "images": ["cat.png"],
+        "machine": {"cpu": {"model": "Test CPU", "usable_cpus": 2}, "git_commit": "abc1234"},
+        "rows": [
+            {"name": ablate.WHOLE, "switches": {}, "status": "ok", "median_ms": 40.0, "min_ms": 39.0, "slowdown": 1.0,
+             "images_per_s": 50.0},
+            {"name": "the whole batch through every step", "switches": {"whole_batch_from": None}, "status": "ok",
+             "median_ms": 40.4, "min_ms": 39.5, "slowdown": 1.01, "images_per_s": 40.0},
+            {"name": "a broken variant", "switches": {"pixels": 9}, "status": "wrong", "message": "top-1 differs"},
+        ],
+    }  # fmt: skip
+    text = ablate.table(data)
+    row = next(line for line in text.splitlines() if line.startswith("| the whole batch"))
+    assert "+1%" in row and "1.01x" in row and "40.0" in row and "1.25x" in row  # 50 / 40 images/s
+    assert "| a broken variant | wrong: top-1 differs |" in text
+    notes = tmp_path / "NOTES.md"
+    notes.write_text("# 08\n\nThe idea.\n")
+    once = ablate.notes_text(notes, data)
+    notes.write_text(once)
+    data["rows"][1]["images_per_s"] = 25.0
+    twice = ablate.notes_text(notes, data)
+    assert twice.count(ablate.END) == 1 and "2.00x" in twice and "The idea." in twice

@@ -60,27 +60,27 @@ def restamp(folder, source: bytes) -> None:
 
 def test_a_wrong_cached_forward_is_caught_compiled_again_and_right(store, tmp_path, sample_batch, judge_logits):
     """The case numba's cache gave before (08's NOTES): intact, checksummed machine code that computes
-    something else. Made on purpose: 07's module is compiled and its check recorded; then numba's cache next
-    to it is replaced by the compiled code of a mutant (the average pool divides by 47, not 49), re-keyed
-    for the real source and checksummed. A new process must say so in one line, compile again and match
-    the judge, and leave no wrong code behind."""
-    built = stages.load("07").ResNet50(store)  # in the run's own cache (compiled once for the whole run)
+    something else. Made on purpose: 05's module (the cheapest to compile) is compiled and its check
+    recorded; then numba's cache next to it is replaced by the compiled code of a mutant (the average pool
+    divides by 47, not 49), re-keyed for the real source and checksummed. A new process must say so in one
+    line, compile again and match the judge, and leave no wrong code behind."""
+    built = stages.load("05").ResNet50(store)  # in the run's own cache (compiled once for the whole run)
     cache = tmp_path / "cache"
     env = {"RESNET50_CACHE": str(cache)}
     folder = cache / "codegen" / Path(built.forward.py_func.__code__.co_filename).parent.name
     shutil.copytree(Path(built.forward.py_func.__code__.co_filename).parent, folder)  # with its check's record
     source_path = folder / codegen_cache.FILE
     real = source_path.read_bytes()
-    assert real.count(b"np.float32(49)") == 1
+    assert real.count(b"np.float32(h * wd)") == 1
     codegen_cache.forget(folder)
-    source_path.write_bytes(real.replace(b"np.float32(49)", b"np.float32(47)"))
+    source_path.write_bytes(real.replace(b"np.float32(h * wd)", b"np.float32(h * wd - 2)"))
     mutant = run_python("-c", MUTANT_BUILD, str(folder), env=env, timeout=900)
     assert mutant.returncode == 0, mutant.stderr
     source_path.write_bytes(real)
     restamp(folder, real)
 
     logits_path = tmp_path / "logits.npy"
-    again = run_python("-c", BUILD_STAGE, str(store.path), "07", str(logits_path), env=env, timeout=900)
+    again = run_python("-c", BUILD_STAGE, str(store.path), "05", str(logits_path), env=env, timeout=900)
     assert again.returncode == 0, again.stderr
     said = [line for line in again.stderr.splitlines() if "cached compiled code not used" in line]
     assert len(said) == 1 and "differ from those recorded" in said[0], again.stderr
@@ -90,7 +90,7 @@ def test_a_wrong_cached_forward_is_caught_compiled_again_and_right(store, tmp_pa
     assert not list((folder / "__pycache__").glob("*.nbi")), "the wrong code is still in the cache"
 
 
-# The mutant source in 07's folder compiled into numba's cache there, as a build's child process compiles.
+# The mutant source in 05's folder compiled into numba's cache there, as a build's child process compiles.
 MUTANT_BUILD = r"""
 import sys
 from pathlib import Path

@@ -68,15 +68,18 @@ def layout(tensor: str) -> tuple[int, int]:
     return h + 2 * edge, width
 
 
-def kernel_name(step: spec.Step) -> str:
+def kernel_name(step: spec.Step, fused: bool = True) -> str:
     c = step.conv
-    epilogue = ("_add" if step.residual else "") + ("_relu" if step.relu else "")
+    epilogue = ("_add" if step.residual else "") + ("_relu" if step.relu else "") if fused else "_unfused"
     return f"{conv_name(c)}{epilogue}" + (f"_pad{border(step.dst)}" if border(step.dst) else "")
 
 
-def channel_loop(step: spec.Step, first: int, last: int, block: int) -> list[str]:
+def channel_loop(step: spec.Step, first: int, last: int, block: int, fold: bool = True, fused: bool = True
+                 ) -> list[str]:  # fmt: skip
     """Output channels first..last-1, `block` at a time, each finished in the store: + bias (BatchNorm,
-    folded), + the residual, ReLU, into the reader's padded layout."""
+    folded), + the residual, ReLU, into the reader's padded layout. (`make ablate` switches: fold=False
+    applies BatchNorm in the store, a multiply per output; fused=False leaves the residual and the ReLU to
+    a pass of their own, `finish_source`.)"""
     c = step.conv
     assert not step.residual or border(step.residual) == 0, "a residual is read without a border"
     cin, cout, stride, length = c.cin, c.cout, c.stride, dot_length(c)
@@ -95,10 +98,10 @@ def channel_loop(step: spec.Step, first: int, last: int, block: int) -> list[str
     ]
     store = []
     for v in range(block):
-        value = f"a{v} + bias[{plus(co, v)}]"
-        if step.residual:
+        value = f"a{v} + bias[{plus(co, v)}]" if fold else f"a{v} * scale[{plus(co, v)}] + bias[{plus(co, v)}]"
+        if step.residual and fused:
             value += f" + res[n, oh, {plus(times('ow', cout), co, v)}]"
-        if step.relu:
+        if step.relu and fused:
             value = f"max({value}, np.float32(0.0))"
         store.append(f"y[n, {plus('oh', edge)}, {plus(times(plus('ow', edge), cout), co, v)}] = {value}")
     pixel = [
@@ -118,14 +121,14 @@ def channel_loop(step: spec.Step, first: int, last: int, block: int) -> list[str
     return [across, *["            " + b for b in [first_channel, *body]]]
 
 
-def conv_source(step: spec.Step, layers: list[str], block: int = BLOCK) -> str:
+def conv_source(step: spec.Step, layers: list[str], block: int = BLOCK, fold: bool = True, fused: bool = True) -> str:
     """The kernel for every conv step of this shape and epilogue: x and y channels-last as stored
     (n, rows, floats per row), w (CO, K, K*C padded) with BatchNorm folded in, bias (CO,)."""
     c = step.conv
-    res = ", res" if step.residual else ""
+    res = ", res" if step.residual and fused else ""
     out = [
         "@njit(cache=True, fastmath=True, parallel=True)",
-        f"def {kernel_name(step)}(x, w, bias, y{res}):",
+        f"def {kernel_name(step, fused)}(x, w, {'' if fold else 'scale, '}bias, y{res}):",
         f'    """{c.cin}x{c.h_in}x{c.w_in} -> {c.cout}x{c.h_out}x{c.w_out}, {c.kernel}x{c.kernel} conv, '
         f'stride {c.stride}, padding {c.pad}; BatchNorm folded{", + residual" if res else ""}'
         f'{", ReLU" if step.relu else ""}{f", stored with a border of {border(step.dst)}" if border(step.dst) else ""}'
@@ -134,10 +137,61 @@ def conv_source(step: spec.Step, layers: list[str], block: int = BLOCK) -> str:
     ]
     whole = c.cout - c.cout % block
     if whole:
-        out += channel_loop(step, 0, whole, block)
+        out += channel_loop(step, 0, whole, block, fold, fused)
     if whole < c.cout:  # channels left over after the blocks, one at a time
-        out += channel_loop(step, whole, c.cout, 1)
+        out += channel_loop(step, whole, c.cout, 1, fold, fused)
     return "\n".join(out) + "\n"
+
+
+def finish_name(step: spec.Step) -> str:
+    c, h, w = step.shape
+    return f"finish_{c}x{h}x{w}" + ("_add" if step.residual else "") + ("_relu" if step.relu else "") + (
+        f"_pad{border(step.dst)}" if border(step.dst) else "")
+
+
+def finish_source(step: spec.Step) -> str:
+    """For `make ablate` (fused=False): the residual add and the ReLU as a pass of their own over the conv's
+    stored output, as 06 did them."""
+    c, h, w = step.shape
+    edge = border(step.dst)
+    value = f"y[n, {plus('i', edge)}, {plus(times(plus('j', edge), c), 'ch')}]"
+    if step.residual:
+        value += f" + res[n, i, {plus(times('j', c), 'ch')}]"
+    if step.relu:
+        value = f"max({value}, np.float32(0.0))"
+    return "\n".join(
+        [
+            "@njit(cache=True, fastmath=True, parallel=True)",
+            f"def {finish_name(step)}(y{', res' if step.residual else ''}):",
+            "    for n in range(y.shape[0]):",
+            f"        for i in prange({h}):",
+            f"            for j in range({w}):",
+            f"                for ch in range({c}):",
+            f"                    y[n, {plus('i', edge)}, {plus(times(plus('j', edge), c), 'ch')}] = {value}",
+        ]
+    ) + "\n"
+
+
+def pad_copy_name(tensor: str) -> str:
+    c, h, w = chw(tensor)
+    return f"pad_copy_{c}x{h}x{w}_border{border(tensor)}"
+
+
+def pad_copy_source(tensor: str) -> str:
+    """For `make ablate` (borders=False): what a stage without stored borders does before a padded conv or
+    pool reads a tensor, a copy into a buffer with a zero border (06 did it inside every conv): here a copy
+    of the whole stored layout into the scratch, border included."""
+    rows, row = layout(tensor)
+    return "\n".join(
+        [
+            "@njit(cache=True, parallel=True)",
+            f"def {pad_copy_name(tensor)}(x, y):",
+            "    for n in range(x.shape[0]):",
+            f"        for i in prange({rows}):",
+            f"            for j in range({row}):",
+            "                y[n, i, j] = x[n, i, j]",
+        ]
+    ) + "\n"
 
 
 def entry_source() -> str:
@@ -217,9 +271,20 @@ def bias_name(c: spec.Conv) -> str:
     return f"{c.name}.bias"
 
 
-def forward_source(tensor_at: dict[str, int], weight_at: dict[str, int]) -> str:
+def scale_name(c: spec.Conv) -> str:
+    return f"{c.name}.scale"
+
+
+def padded_reads() -> list[str]:
+    """The tensors a padded conv or the max pool reads: those a stage without stored borders must copy."""
+    return sorted({s.src for s in spec.STEPS if (s.conv and s.conv.pad) or s.op == "maxpool"})
+
+
+def forward_source(tensor_at: dict[str, int], weight_at: dict[str, int], fold: bool = True, fused: bool = True,
+                   borders: bool = True) -> str:  # fmt: skip
     """The forward pass as straight-line code: every tensor a named view at a literal offset (per image;
-    `b` is the arena's capacity in images, `n` this call's), then the steps: one kernel call each."""
+    `b` is the arena's capacity in images, `n` this call's), then the steps: one kernel call each. (With
+    `make ablate`'s switches off, more: a padded copy before, a finishing pass after.)"""
     views = ["    # Activations: views of the arena, channels-last with their readers' borders."]
     views += [arena_view(spec.INPUT, tensor_at[spec.INPUT], layout(spec.INPUT))]
     for step in spec.STEPS:
@@ -232,12 +297,25 @@ def forward_source(tensor_at: dict[str, int], weight_at: dict[str, int]) -> str:
         steps.append(f"    if first <= {i} < last:  # {step.name}")
         if i == 0:
             steps.append(f"        image_to_channels_last(x, {src})")
+        if not borders and step.src in padded_reads():  # a copy with a zero border, as without stored ones
+            rows, row = layout(step.src)
+            steps.append(f"        padded = scratch[: n * {rows * row}].reshape(n, {rows}, {row})")
+            steps.append(f"        {pad_copy_name(step.src)}({src}, padded)")
+            src = "padded"
         if step.op == "conv":
             c = step.conv
             views.append(pool_view(c.weight, weight_at[c.weight], (c.cout, c.kernel, dot_length(c))))
             views.append(pool_view(bias_name(c), weight_at[bias_name(c)], (c.cout,)))
-            res = f", {activation(step.residual)}" if step.residual else ""
-            steps.append(f"        {kernel_name(step)}({src}, {local(c.weight)}, {local(bias_name(c))}, {dst}{res})")
+            scale = ""
+            if not fold:
+                views.append(pool_view(scale_name(c), weight_at[scale_name(c)], (c.cout,)))
+                scale = f"{local(scale_name(c))}, "
+            res = f", {activation(step.residual)}" if step.residual and fused else ""
+            steps.append(f"        {kernel_name(step, fused)}({src}, {local(c.weight)}, {scale}{local(bias_name(c))}, "
+                         f"{dst}{res})")  # fmt: skip
+            if not fused and (step.residual or step.relu):
+                res = f", {activation(step.residual)}" if step.residual else ""
+                steps.append(f"        {finish_name(step)}({dst}{res})")
         elif step.op == "maxpool":
             c, h, w = step.shape
             steps.append(f"        maxpool_{c}x{h * 2}x{w * 2}({src}, {dst})")
@@ -257,21 +335,26 @@ def forward_source(tensor_at: dict[str, int], weight_at: dict[str, int]) -> str:
     return "\n".join(head + views + steps) + "\n"
 
 
-def generate(tensor_at: dict[str, int], weight_at: dict[str, int], block: int = BLOCK) -> str:
+def generate(tensor_at: dict[str, int], weight_at: dict[str, int], block: int = BLOCK, fold: bool = True,
+             fused: bool = True, borders: bool = True) -> str:  # fmt: skip
     """The whole generated module: the entry, one kernel per distinct conv shape and epilogue, the pools,
-    the classifier, the forward pass."""
+    the classifier, the forward pass (and, with an ablation switch off, what it needs instead)."""
     kernels: dict[str, list[spec.Step]] = {}
     for step in spec.STEPS:
         if step.conv:
-            kernels.setdefault(kernel_name(step), []).append(step)
+            kernels.setdefault(kernel_name(step, fused), []).append(step)
     pools = [s for s in spec.STEPS if s.op in ("maxpool", "avgpool")]
+    finishing = {finish_name(s): s for s in spec.STEPS if s.conv and (s.residual or s.relu)} if not fused else {}
+    copies = {pad_copy_name(t): t for t in padded_reads()} if not borders else {}
     parts = [
         "import numpy as np\nfrom numba import njit, prange\n",
         entry_source(),
-        *(conv_source(steps[0], [s.name for s in steps], block) for steps in kernels.values()),
+        *(conv_source(steps[0], [s.name for s in steps], block, fold, fused) for steps in kernels.values()),
+        *(finish_source(s) for s in finishing.values()),
+        *(pad_copy_source(t) for t in copies.values()),
         *(maxpool_source(s) if s.op == "maxpool" else avgpool_source(s) for s in pools),
         inspect.getsource(fc.py_func),
-        forward_source(tensor_at, weight_at),
+        forward_source(tensor_at, weight_at, fold, fused, borders),
     ]
     return "\n\n".join(parts)
 
@@ -286,9 +369,17 @@ def fold(w: np.ndarray, gamma, beta, mean, var) -> tuple[np.ndarray, np.ndarray]
     return folded.astype(np.float32), bias.astype(np.float32)
 
 
+# The three ideas of this rung, each switched off in turn by `make ablate STAGE=07` (NOTES.md).
+ABLATIONS = {
+    "BatchNorm applied in the store (a multiply per output), not folded into the weights": {"fold": False},
+    "residual add and ReLU in a pass of their own (06's), not in the conv's store": {"fused": False},
+    "no stored borders: a zero-bordered copy before each padded conv and the max pool": {"borders": False},
+}
+
+
 class ResNet50(GeneratedResNet50):
     def __init__(self, weights, max_batch: int = 1, threads: int | None = None, **switches) -> None:
-        self.switches = {"block": BLOCK, **switches}
+        self.switches = {"block": BLOCK, "fold": True, "fused": True, "borders": True, **switches}
         super().__init__(weights, max_batch, numba.config.NUMBA_NUM_THREADS if threads is None else threads)
 
     def generate(self, tensor_at: dict[str, int], weight_at: dict[str, int]) -> str:
@@ -301,6 +392,9 @@ class ResNet50(GeneratedResNet50):
         for c in spec.CONVS:
             bn = [weights.load(f"{c.bn}.{f}") for f in ("weight", "bias", "running_mean", "running_var")]
             w, arrays[bias_name(c)] = fold(weights.load(c.weight), *bn)
+            if not self.switches["fold"]:  # BatchNorm as a scale and a shift per channel, applied in the store
+                w = weights.load(c.weight)
+                arrays[scale_name(c)] = fold(np.ones((c.cout, 1, 1, 1), np.float32), *bn)[0].reshape(-1)
             rows = channels_last(w).reshape(c.cout, c.kernel, c.kernel * c.cin)
             padded = np.zeros((c.cout, c.kernel, dot_length(c)), np.float32)
             padded[:, :, : rows.shape[2]] = rows
@@ -318,4 +412,6 @@ class ResNet50(GeneratedResNet50):
         return {t for t, floats in self.tensor_floats().items() if floats > np.prod(chw(t))}
 
     def scratch_floats(self) -> int:
+        if not self.switches["borders"]:  # the zero-bordered copies of `make ablate`
+            return max(int(np.prod(layout(t))) for t in padded_reads()) * self.max_batch
         return VECTOR  # nothing is copied any more
