@@ -245,3 +245,49 @@ def test_the_ablation_table_shows_latency_and_batch_throughput_and_replaces_its_
     data["rows"][1]["images_per_s"] = 25.0
     twice = ablate.notes_text(notes, data)
     assert twice.count(ablate.END) == 1 and "2.00x" in twice and "The idea." in twice
+
+
+def test_int8_rows_are_marked_drawn_against_the_int8_peak_and_carry_their_agreement(small_results, tmp_path):
+    from tests.conftest import entry
+
+    res = json.loads(json.dumps(small_results))
+    res["settings"]["weights"] = "random:seed=0"
+    res["peak"].update(int8_gops_1_thread=400.0, int8_gops_all_threads=800.0, int8_method="test")
+    for name, kind, threads, ms in [("10_int8@2", "stage", 2, 12.0), ("onnxruntime-int8@2", "peer", 2, 13.0)]:
+        e = entry(name, kind, threads, ms, label="10_int8" if kind == "stage" else "ONNX Runtime int8")
+        e.update(precision="int8", peak_fraction=8.18 / (ms / 1e3) / 800, agreement={
+            "top1_agree": 3, "images": 6, "max_abs_diff_fp32": 6.67})  # fmt: skip
+        res["entries"].append(e)
+    results.validate(res)
+    text = report.table(res)
+    row = next(line for line in text.splitlines() if line.startswith("| **10_int8**"))
+    assert "(int8)" in row and "0.92x" in row  # against ONNX Runtime int8, not fp32 ONNX Runtime
+    assert "top-1 as fp32 on 3 of 6 images" in text and "seeded random" in text
+    lines = report.fastest_lines(res)
+    assert any(line.startswith("int8, 2 threads: 10_int8 takes 0.92x ONNX Runtime int8") for line in lines), lines
+    assert "int8 peak" in report.header(res)
+    assert chart.main(["--results", str(results.save(res, tmp_path)), "--out", str(tmp_path), "--readme", ""]) == 0
+    del res["peak"]["int8_gops_all_threads"]
+    with pytest.raises(ResultsError, match="int8"):
+        results.validate(res)
+
+
+def test_the_bench_judges_each_precision_by_its_own_judge():
+    import numpy as np
+
+    from bench.measure import Entry, Judge
+
+    rng = np.random.default_rng(0)
+    fp32 = rng.standard_normal((2, 1000)).astype(np.float32)
+    int8 = np.round(fp32 / 0.25) * 0.25
+    judge = Judge(fp32, int8, 0.25)
+    fp32_entry = Entry("06_threads@1", "06_threads", "stage", 1, None)
+    int8_entry = Entry("10_int8@1", "10_int8", "stage", 1, None, precision="int8", judged_by="int8")
+    other = Entry("openvino-int8@1", "OpenVINO int8", "peer", 1, None, precision="int8", judged_by="agreement")
+    assert judge.check(fp32_entry, fp32[1], 1).ok and not judge.check(fp32_entry, int8[1], 1).ok
+    assert judge.check(int8_entry, int8[1], 1).ok and not judge.check(int8_entry, int8[1] + 1.0, 1).ok
+    assert judge.check(other, int8[1] + 1.0, 1).ok  # another engine's rounding: reported, not held to ORT's
+    assert not judge.check(other, np.full(1000, np.nan, np.float32), 1).ok
+    assert not Judge(fp32).check(int8_entry, int8[1], 1).ok  # no int8 judge in the run: not passed quietly
+    int8_entry.logits = {0: int8[0], 1: int8[1]}
+    assert judge.agreement(int8_entry)["images"] == 2 and judge.agreement(fp32_entry) is None
