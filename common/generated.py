@@ -280,11 +280,12 @@ class GeneratedResNet50:
         return self.arena[start : start + n * spec.NUM_CLASSES].reshape(n, spec.NUM_CLASSES).copy()
 
 
-def warm_cache(infos: list, workers: int) -> list[str]:
+def warm_cache(infos: list, workers: int, stop: threading.Event | None = None) -> list[str]:
     """Compile the generated code of these stages (those built on GeneratedResNet50) into the cache, up to
     `workers` at a time, each in a child process as a construction would (codegen_cache.compile_in_child;
     its lock makes a construction that wants the same code wait for it rather than compile it again). For
-    a run about to build them all (`make test`'s parallel workers): returns the stages compiled."""
+    a run about to build them all (`make test`'s parallel workers): returns the stages compiled. Once `stop`
+    is set, no further compile starts."""
     from concurrent.futures import ThreadPoolExecutor
 
     from common import stages
@@ -299,7 +300,12 @@ def warm_cache(infos: list, workers: int) -> list[str]:
         module = codegen_cache.load(source, info.name)
         if not module.__name__.endswith("_in_memory") and not codegen_cache.in_cache(module):
             jobs.append((module, stage_class.slp_vectorize, info.name))
+    def compile_one(module, slp: bool, label: str) -> str | None:
+        if stop is not None and stop.is_set():
+            return None
+        codegen_cache.compile_in_child(module, slp, label)
+        return label
+
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for future in [pool.submit(codegen_cache.compile_in_child, *job) for job in jobs]:
-            future.result()
-    return [label for _, _, label in jobs]
+        done = [future.result() for future in [pool.submit(compile_one, *job) for job in jobs]]
+    return [label for label in done if label]

@@ -27,6 +27,7 @@ def pytest_addoption(parser):
 
 
 _WARMING: list[threading.Thread] = []
+_STOP_WARMING = threading.Event()
 
 
 def pytest_configure(config):
@@ -36,7 +37,7 @@ def pytest_configure(config):
 
     def warm() -> None:
         with contextlib.suppress(Exception):  # a stage that does not compile fails its own tests, saying why
-            warm_cache(stages.available(), 2)
+            warm_cache(stages.available(), 2, _STOP_WARMING)
 
     thread = threading.Thread(target=warm, name="warm-stages", daemon=True)
     thread.start()
@@ -44,7 +45,8 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    for thread in _WARMING:  # its compiles finish (the lock makes every other builder wait for them anyway)
+    _STOP_WARMING.set()  # a run that ends early (-x) starts no further compile, and waits for the running ones
+    for thread in _WARMING:
         thread.join(timeout=900)
 
 

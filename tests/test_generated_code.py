@@ -20,3 +20,17 @@ def test_generated_code_reads_like_hand_written_code(stage):
         found = re.search(pattern, source)
         assert not found, (pattern, source[max(0, found.start() - 80) : found.end() + 40])
     assert len(GENERATING) >= 5
+
+
+def test_warming_the_cache_starts_no_compile_once_told_to_stop(tmp_path, monkeypatch):
+    """make test's background warm-up (--warm-stages): stopped before it starts, it compiles nothing."""
+    import threading
+
+    from common import stages
+    from common.generated import warm_cache
+
+    monkeypatch.setenv("RESNET50_CACHE", str(tmp_path))
+    stop = threading.Event()
+    stop.set()
+    assert warm_cache(stages.available(), 2, stop) == []
+    assert not list(tmp_path.glob("codegen/*/__pycache__/*.nbi"))  # nothing compiled into the empty cache
