@@ -75,14 +75,16 @@ DOT4_CHAINS = isa.target().registers // 2  # vectors of int32 accumulators, as m
 _dot4_chains = vnni.chains(DOT4_CHAINS)
 
 
-@njit(cache=True)
+# Not cached: its code comes from common/vnni.py, which numba's cache (keyed on this file) would not see
+# change; compiling it takes a second.
+@njit
 def dot4_chains(reps):
     """DOT4_CHAINS independent chains of 4-byte dot products into int32 lanes: 8 * lanes * DOT4_CHAINS * reps
     operations (4 multiply-adds per lane, 2 operations each)."""
     return _dot4_chains(reps)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def dot4_chains_on_each(reps, threads):
     out = np.zeros(threads, np.int64)
     for t in prange(threads):

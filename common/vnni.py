@@ -8,10 +8,12 @@ them. On a target without VNNI (numba compiles for the machine, or for `NUMBA_CP
 same sum is written as plain IR (widen, multiply, add the four products) that LLVM lowers with what the
 target has: slower, never wrong, never an instruction the CPU lacks.
 
-- `dot4(builder, target, acc, a, b)`: acc + the 4-byte dot products, as IR (both paths).
+- `dot4(builder, acc, a, b, name)`: acc + the 4-byte dot products, as IR (`name`: the target's VNNI
+  intrinsic from `instruction()`, or None for the plain IR).
 - `tile(pixels, vectors, residual)`: the int8 micro-kernel, 08's outer-product tile with `dot4` for
   the FMA and a requantizing store.
-- `chains(reps)`: independent `dot4` chains in registers, for the bench's int8 peak (bench/peak.py).
+- `chains(count)`: `count` independent `dot4` chains in registers, for the bench's int8 peak
+  (bench/peak.py).
 """
 
 from functools import cache, partial
@@ -23,7 +25,7 @@ from numba.extending import intrinsic
 
 from common import isa
 
-I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 
 
 def lanes() -> int:
@@ -191,13 +193,10 @@ def _clamp(builder: ir.IRBuilder, v: ir.Value, low: ir.Value, high: ir.Value) ->
     return builder.select(builder.fcmp_ordered("<", v, high), v, high)
 
 
-CHAINS_PER_REGISTER_FILE = 2  # half the registers hold accumulators, as the FMA peak's chains do
-
-
 @cache
 def chains(count: int):
-    """`count` independent dot4 chains on vectors held in registers, `reps` times: the int8 peak's kernel.
-    Called as chains(reps) -> int64 (a sum of the lanes, so nothing is optimised away)."""
+    """`count` independent dot4 chains on vectors held in registers: the int8 peak's kernel, an intrinsic
+    called as `kernel(reps)` -> int64 (the sum of the lanes, so nothing is optimised away)."""
     target = isa.target()
     name, n = instruction(target), target.vector_floats
     vector = ir.VectorType(I32, n)
