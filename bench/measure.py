@@ -105,7 +105,7 @@ class Judge:
 
 def prepare(entry: Entry, images: np.ndarray, judge: Judge) -> None:
     """Build, first call, check against the judge. Leaves entry.status 'pending' if it may be timed."""
-    if entry.status == "skipped":  # the stage said why before anything was built
+    if entry.status in ("skipped", "error"):  # said why before anything was built
         return
     if entry.make is None:
         entry.status = "missing"

@@ -47,6 +47,9 @@ def stage_entries(selected: list[stages.StageInfo], store: WeightStore, cores: i
         module = stages.load(info)
         precision = getattr(module, "PRECISION", "fp32")  # 10_int8 is judged by ONNX Runtime int8
         kinds = {"precision": precision, "judged_by": precision}
+        skip = getattr(module, "SKIP", None)  # a stage that cannot do its idea on this target says why
+        if skip:
+            kinds.update(status="skipped", message=skip)
         if not stages.threaded(module):
             make = partial(lambda max_batch, module: module.ResNet50(store, max_batch=max_batch), module=module)
             out.append(Entry(info.name, info.name, "stage", 1, make, cpp.PUBLISHED_MS.get(info.key), **kinds))
@@ -58,11 +61,7 @@ def stage_entries(selected: list[stages.StageInfo], store: WeightStore, cores: i
                 threads=threads,
             )
             published = cpp.PUBLISHED_MS.get(info.key) if threads == cores else None  # it ran on every core
-            entry = Entry(f"{info.name}@{threads}", info.name, "stage", threads, make, published, **kinds)
-            skip = getattr(module, "SKIP", None)  # a stage that cannot do its idea on this target says why
-            if skip:
-                entry.status, entry.message = "skipped", skip
-            out.append(entry)
+            out.append(Entry(f"{info.name}@{threads}", info.name, "stage", threads, make, published, **kinds))
     return out
 
 
@@ -164,7 +163,7 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None,
     judge = Judge(Reference(store, max_batch=len(images))(images))
     contention = Contention(cores)
     contention.check("start")
-    say("bench: measuring the machine's fp32 peak (FMAs in registers) and numpy's sgemm ...")
+    say("bench: measuring the machine's peaks (FMAs and int8 dot products in registers) and numpy's sgemm ...")
     limit = peak.measure(cores, repeats=3 if quick else 5)
     say(
         f"bench: FMA peak {limit['gflops_1_thread']} GFLOP/s on 1 thread, {limit['gflops_all_threads']} on {cores}; "
@@ -178,10 +177,16 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None,
         judged_by = "fp32" if p.precision == "fp32" else "int8" if p.name.startswith("onnxruntime") else "agreement"
         entries.append(Entry(p.name, p.label, "peer", p.threads, p.make, message=p.missing, precision=p.precision,
                              judged_by=judged_by))  # fmt: skip
-    if any(e.precision == "int8" for e in entries):
+    if any(e.precision == "int8" and e.ok for e in entries):
         say("bench: the int8 judge: ONNX Runtime on the int8 model (common/quantized.py) ...")
-        int8_judge = quantized.Int8Reference(store, max_batch=len(images))
-        judge.int8, judge.int8_scale = int8_judge(images), int8_judge.scale
+        try:
+            int8_judge = quantized.Int8Reference(store, max_batch=len(images))
+            judge.int8, judge.int8_scale = int8_judge(images), int8_judge.scale
+        except quantized.QuantizeError as e:  # the fp32 run goes on; every int8 row says why it is empty
+            say(f"bench: no int8 rows: {e}")
+            for entry in entries:
+                if entry.precision == "int8" and entry.ok:
+                    entry.status, entry.message = "error", str(e)
     for entry in tqdm(entries, desc="build and check against the judge", unit="entry", leave=False, disable=None):
         prepare(entry, images, judge)
         if entry.status not in ("pending", "missing"):
