@@ -28,7 +28,7 @@ from onnx import numpy_helper
 
 from common import spec
 from common.errors import LadderError
-from common.files import write_atomic
+from common.files import FileRefused, read_regular, write_atomic
 from common.images import load_batch, sample_images
 from common.inputs import check_batch, check_max_batch, check_threads
 from common.paths import cache_dir
@@ -41,6 +41,7 @@ SCHEME = "QDQ, per-channel symmetric int8 weights, asymmetric uint8 activations,
 # one activation, which later layers carry forward. The logits are multiples of the output scale; a stage
 # is within the judge's tolerance when no logit is more than this many of those steps away.
 TOLERANCE_STEPS = 2
+MAX_MODEL_BYTES = 256 << 20  # the int8 ResNet-50 is 26 MB: a cached file larger than this is not ours
 
 
 class QuantizeError(LadderError):
@@ -118,9 +119,9 @@ def int8_model(store, images: list[Path] | None = None) -> onnx.ModelProto:
     folder = cache_dir("int8")
     key = _key(store, images)
     path, digest_path = folder / f"resnet50-int8-{key}.onnx", folder / f"resnet50-int8-{key}.sha256"
-    with contextlib.suppress(OSError):
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() == digest_path.read_text().strip():
+    with contextlib.suppress(OSError, FileRefused, UnicodeDecodeError):
+        data = read_regular(path, MAX_MODEL_BYTES)
+        if hashlib.sha256(data).hexdigest() == read_regular(digest_path, 1024).decode().strip():
             return onnx.load_from_string(data)
         print(f"{path}: does not match its checksum; making the int8 model again", file=sys.stderr)
     print(f"int8: quantizing the model for these weights with onnxruntime.quantization ({CALIBRATION}, "
