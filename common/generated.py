@@ -15,6 +15,9 @@ and may supply pack(weights) (the whole pool), tensor_floats() and private() (th
 
 Every kernel is compiled (or loaded from numba's cache) in the constructor, which records the seconds spent
 compiling in `compile_s`; code loaded from the cache is checked before it is used (common.selfcheck).
+`warm_cache` compiles several stages' code ahead, in parallel (make test's background warm-up). A stage
+whose tensors are not float32 (10: bytes) views the float32 arena and pool by type (`arena_view`,
+`pool_view` with a dtype) and supplies its own judge (`_judge`).
 
 The helpers below keep the generated code reading like code a person wrote: no `i * 1`, no `+ 0`, no `// 1`
 (tests/test_generated_code.py holds every generating stage to it).
@@ -86,7 +89,7 @@ def activation(tensor: str) -> str:
 def arena_view(tensor: str, at: int, shape: tuple[int, ...], dtype: str | None = None) -> str:
     """The view of the arena a tensor lives in: `b` images per tensor planned, `n` in this call. With a
     dtype ('uint8'), the same bytes as that type (the shape counts its elements; the arena counts floats)."""
-    size = int(np.prod(shape)) // (4 // np.dtype(dtype).itemsize if dtype else 1)
+    size = int(np.prod(shape)) * (np.dtype(dtype).itemsize if dtype else 4) // 4
     span = f"arena[: n * {size}]" if at == 0 else f"arena[b * {at} : b * {at} + n * {size}]"
     as_type = f".view(np.{dtype})" if dtype else ""
     return f"    {activation(tensor)} = {span}{as_type}.reshape(n, {', '.join(map(str, shape))})"
