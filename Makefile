@@ -88,11 +88,11 @@ weights-ready: $(SETUP)
 weights: $(SETUP)
 	@$(RUN) -m common.make_weights --source=$(call q,SOURCE) --seed=$(call q,SEED) $(if $(call given,FORCE),--force)
 
-# pytest exits 5 when it collects no test: that is a failure here, not a pass.
 # The tests in parallel, one test file per worker, a worker per core (WORKERS=1: one process): most of the
 # time is numba compiling, one stage per process, and a lock in the cache lets one process compile each.
 XDIST = -n $(call q,WORKERS) --dist loadfile --warm-stages
 
+# pytest exits 5 when it collects no test: that is a failure here, not a pass.
 test: weights-ready
 	@$(RUN) -m pytest $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "test: pytest collected no tests; failing" >&2; exit 1; fi; exit $$rc
