@@ -162,8 +162,8 @@ def roofline(ax, res: dict) -> None:
     ax.set_yscale("log")
     ax.set_ylim(min(values) / 2, max(value for value, *_ in lines) * 3)
     ax.set_xticks(list(x), [name(e) for e in entries], rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel("GFLOP/s, int8: GOP/s (log scale); % of the peak of its precision, same threads")
-    ax.set_title("Against the machine's limits (measured FMA and int8 peaks; numpy's sgemm for scale)")
+    ax.set_ylabel("GFLOP/s, int8 GOP/s (log); % of its peak")
+    ax.set_title("Against the machine's limits (measured FMA and int8 peaks; sgemm for scale)")
 
 
 def scaling(ax, res: dict) -> None:
