@@ -29,7 +29,7 @@ from bench.chart import publish, save_figure
 from bench.measure import Entry, Judge, prepare, time_latency, time_throughput
 from bench.regression import machine_key
 from bench.report import fmt_ms, md
-from common import quantized, stages
+from common import stages
 from common.errors import LadderError
 from common.files import signals_held, write_atomic
 from common.images import load_batch, sample_images
@@ -56,8 +56,7 @@ def measure(stage: str, budget_s: float, max_repeats: int) -> dict:
     judge = Judge(Reference(store, max_batch=len(images))(images))
     precision = getattr(module, "PRECISION", "fp32")
     if precision == "int8":
-        int8 = quantized.Int8Reference(store, max_batch=len(images))
-        judge.int8, judge.int8_scale = int8(images), int8.scale
+        judge.add_int8(store, images)
 
     threads = {"threads": 1} if stages.threaded(module) else {}  # one thread, as the table says
 

@@ -82,6 +82,11 @@ class Judge:
     int8: np.ndarray | None = None
     int8_scale: float = 0.0
 
+    def add_int8(self, store, images: np.ndarray) -> None:
+        """ONNX Runtime int8's logits for the images (common.quantized; may raise QuantizeError)."""
+        judge = quantized.Int8Reference(store, max_batch=len(images))
+        self.int8, self.int8_scale = judge(images), judge.scale
+
     def check(self, entry: Entry, logits: np.ndarray, index) -> Verdict:
         if entry.judged_by == "fp32":
             return compare(logits, self.fp32[index])

@@ -120,6 +120,14 @@ def gemm_gflops(threads: int, repeats: int = 5, n: int = N) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def peak_of(limit: dict, precision: str, threads: int) -> float:
+    """The limit a row of this precision ("fp32" or "int8") at this thread count is drawn against, from
+    `measure`'s results (more than one thread: the all-cores figure)."""
+    if precision == "int8":
+        return limit["int8_gops_all_threads" if threads > 1 else "int8_gops_1_thread"]
+    return limit["gflops_all_threads" if threads > 1 else "gflops_1_thread"]
+
+
 def measure(cores: int, repeats: int = 5) -> dict:
     fma_one = fma_gflops(1, repeats)
     fma_all = fma_gflops(cores, repeats) if cores > 1 else fma_one

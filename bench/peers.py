@@ -31,6 +31,9 @@ class Peer:
     make: Callable[[int], Model] | None  # max_batch -> model; None when not installed
     missing: str = ""  # why it is not available, and how to get it
     precision: str = "fp32"  # "int8": runs the int8 model (common.quantized)
+    # What its logits are held to (bench.measure.Judge): the fp32 judge, ONNX Runtime int8 (the same integer
+    # arithmetic), or only "agreement" (another engine's int8 rounds its own way).
+    judged_by: str = "fp32"
 
 
 def numpy_peer(store, threads: int) -> Callable[[int], Model]:
@@ -146,14 +149,15 @@ def openvino_int8_peer(store, threads: int) -> Callable[[int], Model]:
     return openvino_peer(store, threads, int8=True)
 
 
-KINDS = [  # name, label, factory, module, how to install, precision
-    ("numpy", "numpy im2col + BLAS", numpy_peer, None, "", "fp32"),
-    ("onnxruntime", "ONNX Runtime", onnxruntime_peer, "onnxruntime", "pip install onnxruntime", "fp32"),
-    ("torch", "PyTorch eager", torch_peer, "torch", "make torch", "fp32"),
-    ("openvino", "OpenVINO", openvino_peer, "openvino", "make openvino", "fp32"),
-    ("onnxruntime-int8", "ONNX Runtime int8", onnxruntime_int8_peer, "onnxruntime", "pip install onnxruntime", "int8"),
-    ("openvino-int8", "OpenVINO int8", openvino_int8_peer, "openvino", "make openvino", "int8"),
-]
+KINDS = [  # name, label, factory, module, how to install, precision, judged by
+    ("numpy", "numpy im2col + BLAS", numpy_peer, None, "", "fp32", "fp32"),
+    ("onnxruntime", "ONNX Runtime", onnxruntime_peer, "onnxruntime", "pip install onnxruntime", "fp32", "fp32"),
+    ("torch", "PyTorch eager", torch_peer, "torch", "make torch", "fp32", "fp32"),
+    ("openvino", "OpenVINO", openvino_peer, "openvino", "make openvino", "fp32", "fp32"),
+    ("onnxruntime-int8", "ONNX Runtime int8", onnxruntime_int8_peer, "onnxruntime", "pip install onnxruntime",
+     "int8", "int8"),
+    ("openvino-int8", "OpenVINO int8", openvino_int8_peer, "openvino", "make openvino", "int8", "agreement"),
+]  # fmt: skip
 
 
 def peers(store, thread_counts: list[int]) -> list[Peer]:
@@ -161,9 +165,9 @@ def peers(store, thread_counts: list[int]) -> list[Peer]:
     import importlib.util
 
     out = []
-    for name, label, factory, module, how, precision in KINDS:
+    for name, label, factory, module, how, precision, judged_by in KINDS:
         for threads in thread_counts:
-            peer = partial(Peer, f"{name}@{threads}", label, threads, precision=precision)
+            peer = partial(Peer, f"{name}@{threads}", label, threads, precision=precision, judged_by=judged_by)
             if module and importlib.util.find_spec(module) is None:
                 out.append(peer(None, f"not installed ({how})"))
                 continue

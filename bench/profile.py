@@ -73,9 +73,7 @@ def positive(text: str) -> int:
 
 def top_of(limit: dict, threads: int, precision: str) -> tuple[float, str]:
     """The peak a stage of this precision is held to at this thread count, and its name."""
-    if precision == "int8":
-        return limit["int8_gops_all_threads" if threads > 1 else "int8_gops_1_thread"], "int8 peak"
-    return limit["gflops_all_threads" if threads > 1 else "gflops_1_thread"], "FMA peak"
+    return peak.peak_of(limit, precision, threads), "int8 peak" if precision == "int8" else "FMA peak"
 
 
 def measure(stage: str, passes: int, threads: int | None = None) -> tuple[str, int, list[dict], dict]:

@@ -174,14 +174,12 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None,
     entries = stage_entries(selected, store, cores)
     thread_counts = sorted({1, cores})
     for p in peers.peers(store, thread_counts):
-        judged_by = "fp32" if p.precision == "fp32" else "int8" if p.name.startswith("onnxruntime") else "agreement"
         entries.append(Entry(p.name, p.label, "peer", p.threads, p.make, message=p.missing, precision=p.precision,
-                             judged_by=judged_by))  # fmt: skip
+                             judged_by=p.judged_by))  # fmt: skip
     if any(e.precision == "int8" and e.ok for e in entries):
         say("bench: the int8 judge: ONNX Runtime on the int8 model (common/quantized.py) ...")
         try:
-            int8_judge = quantized.Int8Reference(store, max_batch=len(images))
-            judge.int8, judge.int8_scale = int8_judge(images), int8_judge.scale
+            judge.add_int8(store, images)
         except quantized.QuantizeError as e:  # the fp32 run goes on; every int8 row says why it is empty
             say(f"bench: no int8 rows: {e}")
             for entry in entries:
@@ -225,12 +223,6 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None,
     contention.check("end")
 
     info["numba_threading_layer"] = _threading_layer()
-    peak_of = {
-        ("fp32", 1): limit["gflops_1_thread"],
-        ("fp32", cores): limit["gflops_all_threads"],
-        ("int8", 1): limit["int8_gops_1_thread"],
-        ("int8", cores): limit["int8_gops_all_threads"],
-    }
     data = {
         "schema": results.SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -248,7 +240,8 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None,
         "peak": limit,
         "flops_per_image": spec.TOTAL_FLOPS,
         "entries": [
-            mark_effective(summary(e, spec.TOTAL_FLOPS, peak_of[e.precision, e.threads], judge)) for e in entries
+            mark_effective(summary(e, spec.TOTAL_FLOPS, peak.peak_of(limit, e.precision, e.threads), judge))
+            for e in entries
         ],
         "extrapolations": [extrapolation],
         "contention": contention.summary(),

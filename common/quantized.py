@@ -222,6 +222,10 @@ def layers(model: onnx.ModelProto) -> dict[str, Layer]:
     the fp32 graph's tensor names survive quantizing up to a ':' suffix (common.reference.build_onnx)."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     made_by = {out: node for node in model.graph.node for out in node.output}
+    quantized_by: dict[str, onnx.NodeProto] = {}  # a tensor's (first) QuantizeLinear
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            quantized_by.setdefault(node.input[0], node)
 
     def qparams(node) -> tuple[float, int]:
         return float(inits[node.input[1]]), int(inits[node.input[2]]) if len(node.input) > 2 else 0
@@ -233,10 +237,9 @@ def layers(model: onnx.ModelProto) -> dict[str, Layer]:
         return node
 
     def quantized_output(name: str) -> tuple[float, int]:
-        users = [n for n in model.graph.node if name in n.input and n.op_type == "QuantizeLinear"]
-        if not users:
+        if name not in quantized_by:
             raise QuantizeError(f"int8 model: {name} is not quantized (an operator ONNX Runtime keeps in float?)")
-        return qparams(users[0])
+        return qparams(quantized_by[name])
 
     def weights(name: str) -> tuple[np.ndarray, np.ndarray]:
         node = dequantized(name)
@@ -249,8 +252,7 @@ def layers(model: onnx.ModelProto) -> dict[str, Layer]:
     if any(n.op_type == "Relu" for n in model.graph.node):
         raise QuantizeError("int8 model: a Relu survived quantizing (expected folded into the uint8 clamp)")
     out: dict[str, Layer] = {}
-    first = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == spec.INPUT)
-    out[spec.INPUT] = Layer(None, qparams(first), qparams(first))
+    out[spec.INPUT] = Layer(None, quantized_output(spec.INPUT), quantized_output(spec.INPUT))
     for node in model.graph.node:
         step = node.output[0].split(":")[0]
         if node.op_type in ("Conv", "Gemm"):

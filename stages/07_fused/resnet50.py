@@ -359,11 +359,16 @@ def generate(tensor_at: dict[str, int], weight_at: dict[str, int], block: int = 
     return "\n\n".join(parts)
 
 
+def bn_scale(gamma, var) -> np.ndarray:
+    """BatchNorm's multiplier per output channel, s = gamma / sqrt(var + eps), in float64."""
+    return gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + spec.BN_EPS)
+
+
 def fold(w: np.ndarray, gamma, beta, mean, var) -> tuple[np.ndarray, np.ndarray]:
     """BatchNorm after a conv, as the conv's own weights and bias (in float64, then float32):
     bn(conv(x, w)) = gamma * (conv(x, w) - mean) / sqrt(var + eps) + beta = conv(x, w * s) + (beta - mean * s)
     with s = gamma / sqrt(var + eps), one per output channel."""
-    s = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + spec.BN_EPS)
+    s = bn_scale(gamma, var)
     folded = w.astype(np.float64) * s[:, None, None, None]
     bias = beta.astype(np.float64) - mean.astype(np.float64) * s
     return folded.astype(np.float32), bias.astype(np.float32)
@@ -394,7 +399,7 @@ class ResNet50(GeneratedResNet50):
             w, arrays[bias_name(c)] = fold(weights.load(c.weight), *bn)
             if not self.switches["fold"]:  # BatchNorm as a scale and a shift per channel, applied in the store
                 w = weights.load(c.weight)
-                arrays[scale_name(c)] = fold(np.ones((c.cout, 1, 1, 1), np.float32), *bn)[0].reshape(-1)
+                arrays[scale_name(c)] = bn_scale(bn[0], bn[3]).astype(np.float32)
             rows = channels_last(w).reshape(c.cout, c.kernel, c.kernel * c.cin)
             padded = np.zeros((c.cout, c.kernel, dot_length(c)), np.float32)
             padded[:, :, : rows.shape[2]] = rows
