@@ -61,7 +61,8 @@ def pack_arrays(arrays: dict[str, np.ndarray], align: bool = True) -> tuple[np.n
 
 
 def plan_arena(
-    max_batch: int, align: bool = True, reuse: bool = True, floats: dict[str, int] | None = None, private=()
+    max_batch: int, align: bool = True, reuse: bool = True, floats: dict[str, int] | None = None, private=(),
+    over: dict[str, str] | None = None,
 ) -> tuple[dict[str, int], int]:
     """A place in one arena for every tensor of the forward pass, reusing a place once its tensor is dead.
 
@@ -69,7 +70,10 @@ def plan_arena(
     that reads its current tensor comes before i. Each place is as large as the largest tensor it holds.
     `floats` overrides a tensor's size per image (a stage with another layout); a `private` tensor gets a
     place of its own that no other tensor uses (what it holds beyond its own writes, e.g. a zero border,
-    stays as it was). Returns the offset of every tensor (for max_batch images) and the arena's size.
+    stays as it was). A tensor named in `over` takes the place of the tensor given for it, which the step
+    that makes it reads for the last time (a conv whose store adds the residual element by element can write
+    each output over the residual it has just read: the lines are in cache, none is fetched to be written).
+    Returns the offset of every tensor (for max_batch images) and the arena's size.
     """
     floats = floats or {}
     sizes = {spec.INPUT: max_batch * aligned(floats.get(spec.INPUT, spec.IN_CHANNELS * spec.IMAGE_SIZE**2), align)}
@@ -81,7 +85,15 @@ def plan_arena(
             last_read[step.residual] = i
     places: list[list] = []  # [size, tensor in it]
     where: dict[str, int] = {}
+    over = over or {}
     for i, tensor in enumerate(sizes):  # the input, then each step's output in execution order
+        if tensor in over:
+            under = over[tensor]
+            if last_read.get(under) != i - 1 or under in private or tensor in private:
+                raise ValueError(f"{tensor} cannot take {under}'s place: it is read later, or has a place of its own")
+            j = where[tensor] = where[under]
+            places[j] = [max(places[j][0], sizes[tensor]), tensor]
+            continue
         free = [
             j
             for j, (_, holder) in enumerate(places)

@@ -9,9 +9,9 @@ import the source from the private cache (common.codegen_cache), and offer the s
                                             b, first, last)` running steps first..last-1
     conv_weights(conv, w) -> array           the layout of one conv's weights in the pool (default: 04's)
     scratch_floats() -> int                  the scratch buffer's size
-and may supply pack(weights) (the whole pool), tensor_floats() and private() (the arena's plan), and set
-`slp_vectorize = True` to have its kernels compiled with LLVM's SLP vectorizer on (08 on), and
-`whole_batch_from` (a step's name) to have a batch run image by image up to that step (09).
+and may supply pack(weights) (the whole pool), tensor_floats(), private() and in_place() (the arena's plan),
+and set `slp_vectorize = True` to have its kernels compiled with LLVM's SLP vectorizer on (08 on), and
+`whole_batch_from` (a step's name) to have a batch run image by image up to that step (08 on).
 
 Every kernel is compiled (or loaded from numba's cache) in the constructor, which records the seconds spent
 compiling in `compile_s`; code loaded from the cache is checked before it is used (common.selfcheck).
@@ -152,7 +152,9 @@ class GeneratedResNet50:
             raise LadderError(f"whole_batch_from: no step {self.whole_batch_from!r} in ResNet-50 (spec.STEPS)")
         self._split = names.index(self.whole_batch_from) if self.whole_batch_from else 0
         self.params, weight_at = self.pack(weights)
-        self.tensor_at, arena_size = plan_arena(max_batch, floats=self.tensor_floats(), private=self.private())
+        self.tensor_at, arena_size = plan_arena(
+            max_batch, floats=self.tensor_floats(), private=self.private(), over=self.in_place()
+        )
         self.arena = aligned_zeros(arena_size)
         # The same plan for one image (each place is max_batch images of its tensors: it divides exactly).
         self._image_arena = aligned_zeros(arena_size // max_batch) if self._split and max_batch > 1 else None
@@ -232,6 +234,11 @@ class GeneratedResNet50:
     def private(self) -> set[str]:
         """Activations that need a place of their own in the arena (e.g. a zero border that must stay)."""
         return set()
+
+    def in_place(self) -> dict[str, str]:
+        """Activations written over another that their step reads for the last time: {tensor: the one whose
+        place it takes} (common.arena.plan_arena)."""
+        return {}
 
     def scratch_floats(self) -> int:
         raise NotImplementedError

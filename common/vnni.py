@@ -149,9 +149,17 @@ def tile(pixels: int, vectors: int, residual: bool):
         channel = [
             (_at(builder, bias_v, j, align=4), _at(builder, scale_v, j, align=4)) for j in range(vectors)
         ]  # each vector of channels' bias and scale, loaded once
+        # Every pixel's residual before the first store: y is the residual's place (the output is written over
+        # it), and a short last tile repeats its last pixel, whose residual must be read before either copy
+        # is written.
+        others = [[None] * vectors for _ in range(pixels)]
+        for r in range(pixels if residual else 0):
+            res_at = _at(builder, ats, 2 * pixels + r)
+            for j in range(vectors):
+                at = builder.gep(r_bytes, [builder.add(res_at, ir.Constant(I64, j * n))])
+                others[r][j] = builder.load(builder.bitcast(at, bytes_.as_pointer()), align=1)
         for r in range(pixels):
             out_at = _at(builder, ats, pixels + r)
-            res_at = _at(builder, ats, 2 * pixels + r) if residual else None
             for j in range(vectors):
                 bias, scale = channel[j]
                 v = builder.fmul(builder.sitofp(builder.add(builder.load(accs[r][j]), bias), floats), scale)
@@ -159,8 +167,7 @@ def tile(pixels: int, vectors: int, residual: bool):
                 v = builder.fadd(builder.call(rint, [v]), zero)
                 lane = ir.Constant(I64, j * n)
                 if residual:
-                    at = builder.gep(r_bytes, [builder.add(res_at, lane)])
-                    other = builder.uitofp(builder.load(builder.bitcast(at, bytes_.as_pointer()), align=1), floats)
+                    other = builder.uitofp(others[r][j], floats)
                     v = builder.call(fma_, [v, q[3], builder.call(fma_, [other, q[4], q[5]])])
                     v = _clamp(builder, builder.call(rint, [v]), floor, ceiling)
                 out = builder.trunc(builder.fptoui(v, ints), bytes_)

@@ -82,3 +82,15 @@ def test_the_arena_reuses_places_three_tensors_at_most(store):
     assert len(set(where.values())) == 3  # a bottleneck never has more than three tensors alive
     assert size < sum(np.prod(s.shape) for s in spec.STEPS) / 5
     assert all(offset % LINE == 0 for offset in where.values())
+
+
+def test_a_tensor_takes_the_place_of_one_its_step_reads_last():
+    """A bottleneck's output over its residual (07 on); refused when the residual is read after that step."""
+    from common.arena import plan_arena
+
+    block = spec.STEP_BY_NAME["layer1.0.conv3"]
+    where, _ = plan_arena(1, over={block.dst: block.residual})
+    assert where[block.dst] == where[block.residual]
+    assert plan_arena(1)[0][block.dst] != where[block.residual]  # which it does not take unasked
+    with pytest.raises(ValueError, match="cannot take"):  # layer1.0.conv3's output is read by layer1.1 after
+        plan_arena(1, over={spec.STEP_BY_NAME["layer1.1.conv1"].dst: block.dst})

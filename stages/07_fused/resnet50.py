@@ -4,8 +4,9 @@ One change from 06: nothing is done to an activation after the conv that makes i
 into the conv's weights and a bias at construction; every activation lives channels-last in the arena,
 with the zero border its reader's padding needs (in a place of its own, so the border stays zero), so no
 conv copies or transposes its input; the conv's store is its epilogue: + bias, + the residual, ReLU,
-written straight into the reader's buffer. Max pool reads and writes the same layout; the image is
-converted once, at the entry. Each conv is one parallel region (its blocks of output channels).
+written straight into the reader's buffer (a bottleneck's last conv writes over the residual it has just
+read). Max pool reads and writes the same layout; the image is converted once, at the entry. Each conv is
+one parallel region (its blocks of output channels).
 
 The forward pass walks `spec.STEPS` (conv1, maxpool, 16 bottlenecks, avgpool, fc): each step reads one
 named tensor and writes one; a bottleneck's last conv adds the block's input (the residual) before its ReLU.
@@ -374,16 +375,21 @@ def fold(w: np.ndarray, gamma, beta, mean, var) -> tuple[np.ndarray, np.ndarray]
     return folded.astype(np.float32), bias.astype(np.float32)
 
 
-# The three ideas of this rung, each switched off in turn by `make ablate STAGE=07` (NOTES.md).
+# The three ideas of this rung, each switched off in turn by `make ablate STAGE=07` (NOTES.md), and the
+# epilogue's consequence: the output written over the residual it has just read.
 ABLATIONS = {
     "BatchNorm applied in the store (a multiply per output), not folded into the weights": {"fold": False},
     "residual add and ReLU in a pass of their own (06's), not in the conv's store": {"fused": False},
     "no stored borders: a zero-bordered copy before each padded conv and the max pool": {"borders": False},
+    "a bottleneck's output in a place of its own, not over its residual": {"in_place": False},
 }
 
 
 class ResNet50(GeneratedResNet50):
-    def __init__(self, weights, max_batch: int = 1, threads: int | None = None, **switches) -> None:
+    def __init__(
+        self, weights, max_batch: int = 1, threads: int | None = None, in_place: bool = True, **switches
+    ) -> None:
+        self.over_residual = in_place
         self.switches = {"block": BLOCK, "fold": True, "fused": True, "borders": True, **switches}
         super().__init__(weights, max_batch, numba.config.NUMBA_NUM_THREADS if threads is None else threads)
 
@@ -415,6 +421,14 @@ class ResNet50(GeneratedResNet50):
         """Tensors stored with a zero border (and the image's wide rows) keep a place of their own: no other
         tensor ever writes there, so what is not the inside stays zero from construction on."""
         return {t for t, floats in self.tensor_floats().items() if floats > np.prod(chw(t))}
+
+    def in_place(self) -> dict[str, str]:
+        """A bottleneck's last conv writes its output over the residual it adds, as ONNX Runtime's Sum fusion
+        does: its store reads each residual float just before it writes that output float, so the lines it
+        writes are already in cache, and no other place is fetched from memory to be written. (Not with the
+        residual added in a pass of its own: that pass needs the residual after the conv.)"""
+        fused = self.over_residual and self.switches["fused"]
+        return {s.dst: s.residual for s in spec.STEPS if s.residual} if fused else {}
 
     def scratch_floats(self) -> int:
         if not self.switches["borders"]:  # the zero-bordered copies of `make ablate`

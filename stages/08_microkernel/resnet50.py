@@ -90,9 +90,9 @@ def tile_source(step: spec.Step, stored: int = PANEL, pixels: int = PIXELS) -> s
     x is the stored input, flat; at[0, r] is where pixel r's window starts in it: `taps` runs of `length`
     floats (a kernel row's taps x input channels, contiguous channels-last), `row` apart, given in
     window = (taps, row, length); w is the panel, (taps * length, 64), bias its 64 biases. at[1, r] is
-    where pixel r's channels go in y, at[2, r] where its residual is. (The window is read from an array rather
-    than passed as numbers: given a conv's literals, LLVM would compile a copy of this large function for
-    each conv, minutes in all.)"""
+    where pixel r's channels go in y, at[2, r] where its residual is (y and res start at the panel's first
+    channel). (The window is read from an array rather than passed as numbers: given a conv's literals,
+    LLVM would compile a copy of this large function for each conv, minutes in all.)"""
     channels, rows = range(PANEL), range(pixels)
     res = ", res" if step.residual else ""
     out = [
@@ -121,12 +121,15 @@ def tile_source(step: spec.Step, stored: int = PANEL, pixels: int = PIXELS) -> s
         value = [f"c{r}_{j} + bias[{j}]" + (f" + rr[{j}]" if res else "") for j in range(stored)]
         if step.relu:
             value = [f"max({v}, np.float32(0.0))" for v in value]
-        # Slices, so that every index is a literal (numba adds no negative-index check), and every load
-        # before the first store (LLVM cannot rule out that y overlaps the residual): only then does it
-        # see 64 loads, sums and stores side by side and make vectors of them.
-        out += [f"    yr = y[at[1, {r}] : at[1, {r}] + {stored}]"]
+        # Slices, so that every index is a literal (numba adds no negative-index check), and every pixel's
+        # loads before the first store: y is the residual's place (07's in-place output), and a short last
+        # tile repeats its last pixel, whose residual must be read before either copy is written. LLVM
+        # then sees each pixel's 64 loads, sums and stores side by side and makes vectors of them.
         out += [f"    rr = res[at[2, {r}] : at[2, {r}] + {stored}]"] if res else []
-        out += [f"    v{j} = {v}" for j, v in enumerate(value)] + [f"    yr[{j}] = v{j}" for j in range(stored)]
+        out += [f"    v{r}_{j} = {v}" for j, v in enumerate(value)]
+    for r in rows:
+        out += [f"    yr = y[at[1, {r}] : at[1, {r}] + {stored}]"]
+        out += [f"    yr[{j}] = v{r}_{j}" for j in range(stored)]
     return "\n".join(out) + "\n"
 
 
@@ -164,20 +167,22 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f"at[0, r] = img * {rows * row} + {times(plus(times(oh, c.stride), shift), row)}"
         f" + {times(plus(times(ow, c.stride), shift), c.cin)}",
         f"at[1, r] = img * {out_rows * out_row} + {times(plus(oh, edge), out_row)}"
-        f" + {times(plus(ow, edge), c.cout)} + co",
-        *([f"at[2, r] = p * {c.cout} + co"] if res else []),
+        f" + {times(plus(ow, edge), c.cout)}",
+        *([f"at[2, r] = p * {c.cout}"] if res else []),
     ]
     tile, panel = split("item", panels) if tiles_first(c, order) else split("item", "tiles")[::-1]
-    args = f"(xs, at, window, w[{panel}], bias[co : co + {PANEL}], ys{', rs' if res else ''})"
+    args = f"(xs, at, window, w[{panel}], bias[co : co + {PANEL}], ys[co:]{', rs[co:]' if res else ''})"
     call = [tile_name(step, min(c.cout, PANEL), pixels) + args]
     if c.cout > PANEL and c.cout % PANEL:
         call = [f"if co + {PANEL} <= {c.cout}:", "    " + call[0], "else:  # the last panel is short",
                 "    " + tile_name(step, c.cout % PANEL, pixels) + args]  # fmt: skip
+    once = tiles_first(c, order) and panels > 1
     body = [
         f"first = {times(tile, pixels)}",
         f"co = {times(panel, PANEL)}",
-        f"for r in range({pixels}):",
-        *["    " + w for w in where],
+        *(["if co == 0 or item == start:  # a new tile: its pixels' places"] if once else []),
+        f"{'    ' if once else ''}for r in range({pixels}):",
+        *[("        " if once else "    ") + w for w in where],
         *call,
     ]
     out = [
@@ -197,7 +202,8 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f"    window = np.array(({c.kernel}, {row}, {c.kernel * c.cin}))  # taps, floats between them, floats in each",
         "    for part in prange(parts):  # numba gives each thread an equal share of the runs",
         "        at = ats[part]",
-        "        for item in range(part * items // parts, (part + 1) * items // parts):",
+        "        start = part * items // parts",
+        "        for item in range(start, (part + 1) * items // parts):",
         *["            " + b for b in body],
     ]
     return "\n".join(out) + "\n"
@@ -423,6 +429,10 @@ class ResNet50(GeneratedResNet50):
         """Tensors stored with a zero border keep a place of their own: no other tensor ever writes there,
         so the border stays zero from construction on."""
         return {t for t, floats in self.tensor_floats().items() if floats > np.prod(chw(t))}
+
+    def in_place(self) -> dict[str, str]:
+        """A bottleneck's last conv writes its output over the residual it adds (07's)."""
+        return {s.dst: s.residual for s in spec.STEPS if s.residual}
 
     def scratch_floats(self) -> int:
         return 0  # nothing is copied; a tile's sums live in registers

@@ -454,6 +454,10 @@ class ResNet50(GeneratedResNet50):
         """Tensors stored with a border keep a place of their own, as in 07 and 08."""
         return {t for t in self.tensor_floats() if border(t)}
 
+    def in_place(self) -> dict[str, str]:
+        """A bottleneck's last conv writes its output over the residual it adds (07's)."""
+        return {s.dst: s.residual for s in spec.STEPS if s.residual}
+
     def scratch_floats(self) -> int:
         return 0
 
