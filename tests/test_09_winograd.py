@@ -1,6 +1,6 @@
-"""Stage 09's claims: the F(4x4, 3x3) matrices compute a 3x3 correlation exactly (in exact arithmetic); every
-3x3 stride-1 layer shape of ResNet-50, with and without a residual, and edge tiles that are not multiples of 4,
-match ONNX Runtime's Conv; the whole net matches the judge at 1 and 2 threads, batch 1 and 8."""
+"""Stage 09's claims: the F(4x4, 3x3) and F(2x2, 3x3) matrices compute a 3x3 correlation exactly (in exact
+arithmetic); every 3x3 stride-1 layer shape of ResNet-50, and edge tiles that are not multiples of the tile, in
+either form and with a residual, match ONNX Runtime's Conv; the net matches the judge at batch 8."""
 
 import re
 
@@ -20,16 +20,19 @@ def s09():
     return stages.load("09")
 
 
-def test_the_matrices_are_a_minimal_filtering_algorithm(s09):
-    """1-D: A^T [(G g) * (B^T d)] is the correlation of 6 inputs with 3 taps; 2-D nests it. In float64."""
-    bt, g_, at = (np.array(m, np.float64) for m in (s09.BT, s09.G, s09.AT))
+@pytest.mark.parametrize("form", ["F4", "F2"])
+def test_the_matrices_are_a_minimal_filtering_algorithm(s09, form):
+    """1-D: A^T [(G g) * (B^T d)] is the correlation of out + 2 inputs with 3 taps; 2-D nests it. In float64."""
+    f = getattr(s09, form)
+    bt, g_, at = (np.array(m, np.float64) for m in (f.bt, f.g, f.at))
+    assert bt.shape == (f.points, f.points) and g_.shape == (f.points, 3) and at.shape == (f.out, f.points)
     rng = np.random.default_rng(0)
     for _ in range(10):
-        d, g = rng.standard_normal(6), rng.standard_normal(3)
-        want = np.array([d[i : i + 3] @ g for i in range(4)])
+        d, g = rng.standard_normal(f.points), rng.standard_normal(3)
+        want = np.array([d[i : i + 3] @ g for i in range(f.out)])
         np.testing.assert_allclose(at @ ((g_ @ g) * (bt @ d)), want, atol=1e-12)
-        d2, g2 = rng.standard_normal((6, 6)), rng.standard_normal((3, 3))
-        want2 = np.array([[np.sum(d2[i : i + 3, j : j + 3] * g2) for j in range(4)] for i in range(4)])
+        d2, g2 = rng.standard_normal((f.points, f.points)), rng.standard_normal((3, 3))
+        want2 = np.array([[np.sum(d2[i : i + 3, j : j + 3] * g2) for j in range(f.out)] for i in range(f.out)])
         np.testing.assert_allclose(at @ ((g_ @ g2 @ g_.T) * (bt @ d2 @ bt.T)) @ at.T, want2, atol=1e-11)
 
 
@@ -53,8 +56,8 @@ def run_layer(s09, step: spec.Step, x, w, bias, res, threads: int = 1):
     kin, kgemm, kout = (namespace[s09.winograd_name(p, step)] for p in ["in", "gemm", "out"])
     n = x.shape[0]
     xs = stored(s09, step.src, x)
-    per_image, padded = s09.winograd_shapes(c)
-    scratch = np.full(36 * per_image * n * (c.cin + padded), np.nan, np.float32)
+    f, (per_image, padded) = s09.winograd_form(c), s09.winograd_shapes(c)
+    scratch = np.full(f.points**2 * per_image * n * (c.cin + padded), np.nan, np.float32)
     edge = s09.border(step.dst)
     out_rows, out_width = s09.layout(step.dst)
     y = np.zeros((n, out_rows, out_width), np.float32)
@@ -62,7 +65,7 @@ def run_layer(s09, step: spec.Step, x, w, bias, res, threads: int = 1):
     more = [np.ascontiguousarray(res.transpose(0, 2, 3, 1)).reshape(n, c.h_out, -1)] if step.residual else []
     with slp_vectorizer():  # as the stage compiles them
         kin(xs, scratch)
-        kgemm(s09.winograd_panels(w), scratch, n)
+        kgemm(s09.winograd_panels(w, f), scratch, n)
         kout(scratch, bias, y, *more, n)
     inside = y[:, edge : edge + c.h_out, edge * c.cout : (edge + c.w_out) * c.cout]
     outside = y.copy()
@@ -86,23 +89,28 @@ def layer_error(s09, step: spec.Step, n: int = 1, threads: int = 1) -> float:
 
 @pytest.mark.parametrize("layer", ["layer1.0.conv2", "layer2.1.conv2", "layer3.1.conv2", "layer4.1.conv2"])
 def test_every_3x3_layer_shape_matches_onnxruntime(s09, layer):
-    """ResNet-50's 3x3 stride-1 shapes (none of them takes a residual: its 1x1 convs do; the edge-tile test
-    below runs the output transform with a residual)."""
+    """ResNet-50's 3x3 stride-1 shapes, layer4's in F(2x2), the others in F(4x4) (none of them takes a residual:
+    its 1x1 convs do; the edge-tile test below runs the output transform with a residual)."""
+    c = spec.STEP_BY_NAME[layer].conv
+    assert s09.winograd_form(c) is (s09.F2 if c.h_out == 7 else s09.F4)
     error = layer_error(s09, spec.STEP_BY_NAME[layer])
     assert error <= 1e-4, (layer, error)  # relative to the largest output; F(4x4) in float32
 
 
-@pytest.mark.parametrize("hw, cin, cout", [(13, 5, 70), (7, 16, 13), (6, 3, 64)])
-def test_edge_tiles_that_are_not_multiples_of_4_are_exact(s09, monkeypatch, hw, cin, cout):
-    """13x13 (4 tiles of 4, the last 1 wide), 7x7 (2, the last 3), 6x6; channels that leave a short panel;
-    2 images; on 2 threads."""
+@pytest.mark.parametrize(
+    "form, hw, cin, cout", [("F4", 13, 5, 70), ("F4", 7, 16, 13), ("F4", 6, 3, 64), ("F2", 13, 5, 70)]
+)
+def test_edge_tiles_that_are_not_multiples_of_the_tile_are_exact(s09, monkeypatch, form, hw, cin, cout):
+    """F(4x4) on 13x13 (4 tiles of 4, the last 1 wide), 7x7 (2, the last 3), 6x6; F(2x2) on 13x13 (7 tiles of
+    2, the last 1 wide); channels that leave a short panel; 2 images; on 2 threads."""
     c = spec.Conv("odd", "odd_bn", cin, cout, 3, 1, 1, hw, hw)
     step = spec.Step("odd_out", "conv", "odd_in", (cout, hw, hw), c, "odd_res", True)
     shapes = {"odd_in": (cin, hw, hw), "odd_out": (cout, hw, hw), "odd_res": (cout, hw, hw)}
     monkeypatch.setattr(s09, "chw", lambda t: shapes[t])
     monkeypatch.setattr(s09, "readers", lambda t: [step] if t == "odd_in" else [])
     monkeypatch.setattr(s09, "border", lambda t: {"odd_in": 1, "odd_out": 1}.get(t, 0))
-    monkeypatch.setattr(s09, "is_winograd", lambda conv: True)  # 7x7 and 6x6 too (ResNet-50's 7x7 runs direct)
+    f = getattr(s09, form)
+    monkeypatch.setattr(s09, "winograd_form", lambda conv, sizes=s09.SIZES: f)  # the form, whatever the shape
     assert layer_error(s09, step, n=2, threads=2) <= 1e-4
 
 

@@ -38,17 +38,46 @@ PARTS = 60
 # loop alone and its SLP vectorizer packs the tile's scalars into vectors (with reassoc it vectorised
 # the sum with gathers: 10x slower).
 L2_BYTES = 1 << 20  # per core, on the machines measured (AMD Zen 4 and 5: 1 MiB)
-# Winograd F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016), with the
-# interpolation points 0, 1, -1, 2, -2 and infinity: Y = A^T [(G g G^T) * (B^T d B)] A for a 6x6 input tile d,
-# a 3x3 filter g and a 4x4 output tile Y (NOTES.md derives them).
-BT = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0],
-      [0, 4, 0, -5, 0, 1]]  # fmt: skip
-G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
-     [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]  # fmt: skip
-AT = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Winograd:
+    """Winograd's minimal filtering F(out x out, 3x3): Y = A^T [(G g G^T) * (B^T d B)] A for an input tile d of
+    `points` x `points` (out + 2), a 3x3 filter g and an output tile Y of out x out."""
+
+    out: int  # outputs per tile side
+    bt: list  # B^T, points x points
+    g: list  # G, points x 3
+    at: list  # A^T, out x points
+
+    @property
+    def points(self) -> int:
+        """Inputs per tile side, and the points of the transformed domain per side: out + 3 - 1."""
+        return self.out + 2
+
+
+# F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016), interpolation points
+# 0, 1, -1, 2, -2 and infinity: 36 multiplications for 16 outputs instead of 144 (NOTES.md derives them).
+F4 = Winograd(
+    4,
+    bt=[[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1]],
+    g=[[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+       [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+    at=[[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+)  # fmt: skip
+# F(2x2, 3x3), points 0, 1, -1 and infinity: 16 multiplications for 4 outputs instead of 36. ncnn's choice for
+# small outputs: on layer4's 7x7, 4x4 tiles of 2 waste less than 2x2 tiles of 4, and the transformed weights are
+# 16 matrices of 512 x 512 (17 MB), not 36 (38 MB).
+F2 = Winograd(
+    2,
+    bt=[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+    g=[[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
+    at=[[1, 1, 1, 0], [0, 1, -1, -1]],
+)
+FORMS = (F4, F2)  # the forms a conv may take, the first that fits
+SIZES = (4, 2)  # the output tile sizes used (the `winograd` switch: `make ablate` leaves 2, or both, out)
 SCRATCH_BYTES = 4 << 20  # a Winograd conv's transformed tiles and sums per pass (L2 is 1 MiB, L3 32)
-OUT = 4  # outputs per tile side
-POINTS = 6  # inputs per tile side: OUT + 3 - 1
 EFFECTIVE_RATE = True  # the bench counts direct-conv FLOPs over time: a rate that can pass the FMA peak
 FMA_ONLY = {"contract", "nsz", "nnan", "ninf", "arcp"}
 
@@ -74,27 +103,30 @@ def border(tensor: str) -> int:
 
 def layout(tensor: str) -> tuple[int, int]:
     """(rows, floats per row) of a channels-last activation with its border; read by a Winograd conv, with
-    zero rows and columns beyond it up to whole 6x6 tiles (56 -> 14 tiles of 4 reads 58 rows, 14 -> 4
-    tiles reads 18), so no tile is ever cut at the edge."""
+    zero rows and columns beyond it up to whole tiles (56 -> 14 tiles of 4 reads 58 rows, 14 -> 4 tiles of 4
+    reads 18, 7 -> 4 tiles of 2 reads 10), so no tile is ever cut at the edge."""
     c, h, w = chw(tensor)
     edge = border(tensor)
     rows, cols = h + 2 * edge, w + 2 * edge
     for r in readers(tensor):
-        if r.conv and is_winograd(r.conv):
-            rows = max(rows, tiles_across(r.conv.h_out) * OUT + 2 * edge)
-            cols = max(cols, tiles_across(r.conv.w_out) * OUT + 2 * edge)
+        f = r.conv and winograd_form(r.conv)
+        if f:
+            rows = max(rows, tiles_across(r.conv.h_out, f) * f.out + 2 * edge)
+            cols = max(cols, tiles_across(r.conv.w_out, f) * f.out + 2 * edge)
     return rows, cols * c
 
 
-def is_winograd(c: spec.Conv) -> bool:
-    """3x3 convs of stride 1 with at least 4x4 tiles per image: layer1-3's 11. layer4's two (7x7: 2x2 tiles)
-    are left direct: their transformed weights, 36 x 512 x 512 floats (38 MB), serve 4 tiles per image, so
-    the GEMMs wait on memory (NOTES.md: the GEMMs alone take as long as the direct conv)."""
-    return c.kernel == 3 and c.stride == 1 and tiles_across(c.h_out) >= 4
+def winograd_form(c: spec.Conv, sizes: tuple[int, ...] = SIZES) -> Winograd | None:
+    """The Winograd form a conv takes, or None (direct): 3x3 convs of stride 1 only; F(4x4) where it makes at
+    least 4x4 tiles per image (layer1-3's 11 convs), F(2x2) on layer4's two 7x7 convs. (F(4x4) on 7x7 makes
+    2x2 tiles per image and its transformed weights, 36 x 512 x 512 floats, 38 MB, would serve 4 tiles: the
+    GEMMs wait on memory, NOTES.md.)"""
+    fits = (f for f in FORMS if f is F2 or tiles_across(c.h_out, f) >= 4)
+    return next((f for f in fits if f.out in sizes), None) if c.kernel == 3 and c.stride == 1 else None
 
 
-def tiles_across(outputs: int) -> int:
-    return -(-outputs // OUT)
+def tiles_across(outputs: int, f: Winograd) -> int:
+    return -(-outputs // f.out)
 
 
 def epilogue(step: spec.Step) -> str:
@@ -124,9 +156,9 @@ def tile_source(step: spec.Step, stored: int = PANEL, pixels: int = PIXELS) -> s
     x is the stored input, flat; at[0, r] is where pixel r's window starts in it: `taps` runs of `length`
     floats (a kernel row's taps x input channels, contiguous channels-last), `row` apart, given in
     window = (taps, row, length); w is the panel, (taps * length, 64), bias its 64 biases. at[1, r] is
-    where pixel r's channels go in y, at[2, r] where its residual is. (The window is read from an array rather
-    than passed as numbers: given a conv's literals, LLVM would compile a copy of this large function for
-    each conv, minutes in all.)"""
+    where pixel r's channels go in y, at[2, r] where its residual is (y and res start at the panel's first
+    channel). (The window is read from an array rather than passed as numbers: given a conv's literals,
+    LLVM would compile a copy of this large function for each conv, minutes in all.)"""
     channels, rows = range(PANEL), range(pixels)
     res = ", res" if step.residual else ""
     out = [
@@ -155,12 +187,15 @@ def tile_source(step: spec.Step, stored: int = PANEL, pixels: int = PIXELS) -> s
         value = [f"c{r}_{j} + bias[{j}]" + (f" + rr[{j}]" if res else "") for j in range(stored)]
         if step.relu:
             value = [f"max({v}, np.float32(0.0))" for v in value]
-        # Slices, so that every index is a literal (numba adds no negative-index check), and every load
-        # before the first store (LLVM cannot rule out that y overlaps the residual): only then does it
-        # see 64 loads, sums and stores side by side and make vectors of them.
-        out += [f"    yr = y[at[1, {r}] : at[1, {r}] + {stored}]"]
+        # Slices, so that every index is a literal (numba adds no negative-index check), and every pixel's
+        # loads before the first store: y is the residual's place (07's in-place output), and a short last
+        # tile repeats its last pixel, whose residual must be read before either copy is written. LLVM
+        # then sees each pixel's 64 loads, sums and stores side by side and makes vectors of them.
         out += [f"    rr = res[at[2, {r}] : at[2, {r}] + {stored}]"] if res else []
-        out += [f"    v{j} = {v}" for j, v in enumerate(value)] + [f"    yr[{j}] = v{j}" for j in range(stored)]
+        out += [f"    v{r}_{j} = {v}" for j, v in enumerate(value)]
+    for r in rows:
+        out += [f"    yr = y[at[1, {r}] : at[1, {r}] + {stored}]"]
+        out += [f"    yr[{j}] = v{r}_{j}" for j in range(stored)]
     return "\n".join(out) + "\n"
 
 
@@ -198,20 +233,22 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f"at[0, r] = img * {rows * row} + {times(plus(times(oh, c.stride), shift), row)}"
         f" + {times(plus(times(ow, c.stride), shift), c.cin)}",
         f"at[1, r] = img * {out_rows * out_row} + {times(plus(oh, edge), out_row)}"
-        f" + {times(plus(ow, edge), c.cout)} + co",
-        *([f"at[2, r] = p * {c.cout} + co"] if res else []),
+        f" + {times(plus(ow, edge), c.cout)}",
+        *([f"at[2, r] = p * {c.cout}"] if res else []),
     ]
     tile, panel = split("item", panels) if tiles_first(c, order) else split("item", "tiles")[::-1]
-    args = f"(xs, at, window, w[{panel}], bias[co : co + {PANEL}], ys{', rs' if res else ''})"
+    args = f"(xs, at, window, w[{panel}], bias[co : co + {PANEL}], ys[co:]{', rs[co:]' if res else ''})"
     call = [tile_name(step, min(c.cout, PANEL), pixels) + args]
     if c.cout > PANEL and c.cout % PANEL:
         call = [f"if co + {PANEL} <= {c.cout}:", "    " + call[0], "else:  # the last panel is short",
                 "    " + tile_name(step, c.cout % PANEL, pixels) + args]  # fmt: skip
+    once = tiles_first(c, order) and panels > 1
     body = [
         f"first = {times(tile, pixels)}",
         f"co = {times(panel, PANEL)}",
-        f"for r in range({pixels}):",
-        *["    " + w for w in where],
+        *(["if co == 0 or item == start:  # a new tile: its pixels' places"] if once else []),
+        f"{'    ' if once else ''}for r in range({pixels}):",
+        *[("        " if once else "    ") + w for w in where],
         *call,
     ]
     out = [
@@ -231,7 +268,8 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f"    window = np.array(({c.kernel}, {row}, {c.kernel * c.cin}))  # taps, floats between them, floats in each",
         "    for part in prange(parts):  # numba gives each thread an equal share of the runs",
         "        at = ats[part]",
-        "        for item in range(part * items // parts, (part + 1) * items // parts):",
+        "        start = part * items // parts",
+        "        for item in range(start, (part + 1) * items // parts):",
         *["            " + b for b in body],
     ]
     return "\n".join(out) + "\n"
@@ -253,49 +291,53 @@ def combination(coefficients: list[int], names: list[str]) -> str:
 
 def transform(m: list[list[int]], given: str, between: str, out: str) -> list[str]:
     """Lines computing out = m @ given @ m^T, one element each, through `between` = m @ given (given is a
-    6x6 grid of named locals, given0_0 ...)."""
-    rows = len(m)
-    lines = [f"{between}{i}_{j} = {combination(m[i], [f'{given}{k}_{j}' for k in range(POINTS)])}"
-             for i in range(rows) for j in range(POINTS)]  # fmt: skip
-    lines += [f"{out}{i}_{j} = {combination(m[j], [f'{between}{i}_{k}' for k in range(POINTS)])}"
+    square grid of named locals, given0_0 ..., as wide as m)."""
+    rows, points = len(m), len(m[0])
+    lines = [f"{between}{i}_{j} = {combination(m[i], [f'{given}{k}_{j}' for k in range(points)])}"
+             for i in range(rows) for j in range(points)]  # fmt: skip
+    lines += [f"{out}{i}_{j} = {combination(m[j], [f'{between}{i}_{k}' for k in range(points)])}"
               for i in range(rows) for j in range(rows)]  # fmt: skip
     return lines
 
 
 def tile_corner(c: spec.Conv, t: str) -> list[str]:
     """img, and the first output row and column of tile t of a batch."""
-    per_image, across = tiles_across(c.h_out) * tiles_across(c.w_out), tiles_across(c.w_out)
-    return [f"img, q = {t} // {per_image}, {t} % {per_image}", f"oh, ow = q // {across} * {OUT}, q % {across} * {OUT}"]
+    f = winograd_form(c)
+    per_image, across = winograd_shapes(c)[0], tiles_across(c.w_out, f)
+    return [f"img, q = {t} // {per_image}, {t} % {per_image}",
+            f"oh, ow = q // {across} * {f.out}, q % {across} * {f.out}"]  # fmt: skip
 
 
 def winograd_shapes(c: spec.Conv) -> tuple[int, int]:
     """(tiles per image, output channels rounded up to whole panels) of a Winograd conv."""
-    return tiles_across(c.h_out) * tiles_across(c.w_out), -(-c.cout // PANEL) * PANEL
+    f = winograd_form(c)
+    return tiles_across(c.h_out, f) * tiles_across(c.w_out, f), -(-c.cout // PANEL) * PANEL
 
 
 def winograd_in_source(step: spec.Step) -> str:
-    """The input transform: each 6x6 tile d of each channel (the tiles overlap by 2) to V = B^T d B, into
-    v (tiles, 36, C): for each of the 36 points, a (tiles x C) matrix, the left side of one GEMM, its rows
-    36 * C floats apart. (Stored point-major, (36, tiles, C), the 36 streams a tile writes are 16 KB apart
-    in layer3 and 8 KB in layer4 and fall into the same sets of L1: the transform ran 10x slower.)"""
+    """The input transform: each 6x6 (F(2x2): 4x4) tile d of each channel (the tiles overlap by 2) to
+    V = B^T d B, into v (tiles, 36, C): for each of the 36 (16) points, a (tiles x C) matrix, the left side of
+    one GEMM, its rows 36 * C floats apart. (Stored point-major, (36, tiles, C), the 36 streams a tile
+    writes are 16 KB apart in layer3 and fall into the same sets of L1: the transform ran 10x slower.)"""
     c = step.conv
-    shift = border(step.src) - c.pad
+    f, shift = winograd_form(c), border(step.src) - c.pad
     per_image, _ = winograd_shapes(c)
     # The tile's rows and its v as slices, so every index is a literal plus ch: numba adds no negative-index
     # check. (LLVM still leaves this loop scalar: it cannot prove that 72 addresses do not overlap.)
     start = times(plus("ow", shift), c.cin)
-    rows = [f"row{i} = x[img, {plus('oh', i + shift)}, {start} : {start} + {POINTS * c.cin}]" for i in range(POINTS)]
-    body = [f"d{i}_{j} = row{i}[{plus(j * c.cin, 'ch')}]" for i in range(POINTS) for j in range(POINTS)]
-    body += transform(BT, "d", "e", "v")
-    body += [f"vt[{i * POINTS + j}, ch] = v{i}_{j}" for i in range(POINTS) for j in range(POINTS)]
+    points = range(f.points)
+    rows = [f"row{i} = x[img, {plus('oh', i + shift)}, {start} : {start} + {f.points * c.cin}]" for i in points]
+    body = [f"d{i}_{j} = row{i}[{plus(j * c.cin, 'ch')}]" for i in points for j in points]
+    body += transform(f.bt, "d", "e", "v")
+    body += [f"vt[{i * f.points + j}, ch] = v{i}_{j}" for i in points for j in points]
     return "\n".join(
         [
             "@njit(cache=True, fastmath=True, parallel=True)",
             f"def {winograd_name('in', step)}(x, scratch):",
             f'    """{c.cin}x{c.h_in}x{c.w_in}, stored with a border of {border(step.src)}: '
-            'tiles of 6x6 to V = B^T d B."""',
+            f'tiles of {f.points}x{f.points} to V = B^T d B."""',
             f"    tiles = x.shape[0] * {per_image}",
-            f"    v = scratch[: {POINTS * POINTS} * tiles * {c.cin}].reshape(tiles, {POINTS * POINTS}, {c.cin})",
+            f"    v = scratch[: {f.points**2} * tiles * {c.cin}].reshape(tiles, {f.points**2}, {c.cin})",
             "    for t in prange(tiles):  # tiles, across threads",
             *["        " + line for line in tile_corner(c, "t")],
             *["        " + line for line in rows],
@@ -307,7 +349,7 @@ def winograd_in_source(step: spec.Step) -> str:
 
 
 def winograd_gemm_source(step: spec.Step, pixels: int = PIXELS, order: str = "by size") -> str:
-    """The 36 GEMMs, on 08's micro-kernel: for each point e, m[:, e] (tiles x CO) = v[:, e] (tiles x C) @
+    """The 36 GEMMs (F(2x2): 16), on 08's micro-kernel: for each point e, m[:, e] (tiles x CO) = v[:, e] (tiles x C) @
     u[e] (C x CO). A tile of the micro-kernel is 6 Winograd tiles x 64 output channels; its window is one
     run of C floats."""
     c = step.conv
@@ -315,7 +357,7 @@ def winograd_gemm_source(step: spec.Step, pixels: int = PIXELS, order: str = "by
     panels = padded // PANEL
     weights = c.cin * padded * 4  # bytes of one point's u
     tile, panel = split("g", panels) if tiles_first(c, order, weights) else split("g", "groups")[::-1]
-    points = POINTS * POINTS
+    points = winograd_form(c).points ** 2
     return "\n".join(
         [
             "@njit(cache=True, fastmath=True, parallel=True)",
@@ -352,16 +394,16 @@ def winograd_out_source(step: spec.Step) -> str:
     + residual, ReLU, into the reader's buffer; the outputs of an edge tile beyond the layer are not
     stored (13x13 is 4x4 tiles of 4, the last 1 wide)."""
     c = step.conv
-    per_image, padded = winograd_shapes(c)
+    f, (per_image, padded) = winograd_form(c), winograd_shapes(c)
     edge = border(step.dst)
-    points = POINTS * POINTS
-    head = [f"m{i}_{j} = mt[{i * POINTS + j}, co]" for i in range(POINTS) for j in range(POINTS)]
-    head += transform(AT, "m", "s", "y")
+    points = f.points**2
+    head = [f"m{i}_{j} = mt[{i * f.points + j}, co]" for i in range(f.points) for j in range(f.points)]
+    head += transform(f.at, "m", "s", "y")
 
     def stores(guarded: bool) -> list[str]:
         lines = []
-        for i in range(OUT):
-            for j in range(OUT):
+        for i in range(f.out):
+            for j in range(f.out):
                 value = f"y{i}_{j} + bias[co]"
                 if step.residual:
                     value += f" + res[img, {plus('oh', i)}, {times(plus('ow', j), c.cout)} + co]"
@@ -387,8 +429,8 @@ def winograd_out_source(step: spec.Step) -> str:
             "    for t in prange(tiles):  # tiles, across threads",
             *["        " + line for line in tile_corner(c, "t")],
             "        mt = m[t]",
-            f"        rows, cols = min({OUT}, {c.h_out} - oh), min({OUT}, {c.w_out} - ow)",
-            f"        if rows == {OUT} and cols == {OUT}:",
+            f"        rows, cols = min({f.out}, {c.h_out} - oh), min({f.out}, {c.w_out} - ow)",
+            f"        if rows == {f.out} and cols == {f.out}:",
             *["            " + line for line in full],
             "        else:  # a tile at the bottom or right edge",
             *["            " + line for line in cut],
@@ -400,8 +442,13 @@ def chunk(c: spec.Conv) -> int:
     """Images per pass of a Winograd conv: as many as keep v and m within SCRATCH_BYTES, so a batch does
     not stream them through memory (layer1: 3.6 MB per image, one at a time; layer3: 1.2 MB, three), while
     the transformed weights still serve several images where they are large."""
+    return max(1, SCRATCH_BYTES // (floats_per_image(c) * 4))
+
+
+def floats_per_image(c: spec.Conv) -> int:
+    """Floats of a Winograd conv's scratch per image: the transformed tiles v and the GEMMs' sums m."""
     per_image, padded = winograd_shapes(c)
-    return max(1, SCRATCH_BYTES // (POINTS * POINTS * per_image * (c.cin + padded) * 4))
+    return winograd_form(c).points ** 2 * per_image * (c.cin + padded)
 
 
 def winograd_name(part: str, step: spec.Step) -> str:
@@ -496,7 +543,7 @@ def bias_name(c: spec.Conv) -> str:
     return f"{c.name}.bias"
 
 
-def forward_source(tensor_at: dict[str, int], weight_at: dict[str, int], winograd: bool = True) -> str:
+def forward_source(tensor_at: dict[str, int], weight_at: dict[str, int], winograd: tuple[int, ...] = SIZES) -> str:
     """The forward pass as straight-line code: every tensor a named view at a literal offset (per image;
     `b` is the arena's capacity in images, `n` this call's), then the steps: one kernel call each."""
     views = ["    # Activations: views of the arena, channels-last with their readers' borders."]
@@ -511,9 +558,9 @@ def forward_source(tensor_at: dict[str, int], weight_at: dict[str, int], winogra
         steps.append(f"    if first <= {i} < last:  # {step.name}")
         if i == 0:
             steps.append(f"        image_to_channels_last(x, {src})")
-        if step.op == "conv" and winograd and is_winograd(step.conv):
+        if step.op == "conv" and winograd_form(step.conv, winograd):
             c = step.conv
-            views.append(pool_view(c.weight, weight_at[c.weight], panel_shape(c, winograd)))
+            views.append(pool_view(c.weight, weight_at[c.weight], panel_shape(c, True)))
             views.append(pool_view(bias_name(c), weight_at[bias_name(c)], (c.cout,)))
             res = f", {activation(step.residual)}[i:j]" if step.residual else ""
             steps.append(f"        for i in range(0, n, {chunk(c)}):  # images whose v and m fit in L2 and L3")
@@ -548,7 +595,7 @@ def forward_source(tensor_at: dict[str, int], weight_at: dict[str, int], winogra
 
 def generate(
     tensor_at: dict[str, int], weight_at: dict[str, int], pixels: int = PIXELS, order: str = "by size",
-    winograd: bool = True
+    winograd: tuple[int, ...] = SIZES
 ) -> str:
     """The whole generated module: the entry, the micro-kernel, one kernel per distinct conv shape and
     epilogue (three for a Winograd conv: input transform, GEMMs, output transform), the pools, the
@@ -556,7 +603,7 @@ def generate(
     kernels: dict[str, list[spec.Step]] = {}
     transforms: dict[str, str] = {}
     for step in spec.STEPS:
-        if step.conv and winograd and is_winograd(step.conv):
+        if step.conv and winograd_form(step.conv, winograd):
             transforms.setdefault(winograd_name("in", step), winograd_in_source(step))
             transforms.setdefault(winograd_name("gemm", step), winograd_gemm_source(step, pixels, order))
             transforms.setdefault(winograd_name("out", step), winograd_out_source(step))
@@ -598,8 +645,8 @@ def stored_channels(c: spec.Conv) -> list[int]:
 
 
 def panel_shape(c: spec.Conv, winograd: bool = False) -> tuple[int, ...]:
-    if winograd and is_winograd(c):
-        return POINTS * POINTS, -(-c.cout // PANEL), c.cin, PANEL
+    if winograd:
+        return winograd_form(c).points ** 2, -(-c.cout // PANEL), c.cin, PANEL
     return -(-c.cout // PANEL), c.kernel * c.kernel * c.cin, PANEL
 
 
@@ -614,21 +661,24 @@ def panels(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(-1, PANEL, rows.shape[1]).transpose(0, 2, 1))
 
 
-def winograd_panels(w: np.ndarray) -> np.ndarray:
-    """(CO, C, 3, 3) weights transformed, U = G g G^T for every channel pair (in float64), as the 36 GEMMs
-    read them: (36 points, panels of 64 output channels, C, 64); a short last panel filled with zeros."""
+def winograd_panels(w: np.ndarray, f: Winograd) -> np.ndarray:
+    """(CO, C, 3, 3) weights transformed, U = G g G^T for every channel pair (in float64), as the 36 (F(2x2):
+    16) GEMMs read them: (points, panels of 64 output channels, C, 64); a short last panel filled with zeros."""
     co, ci = w.shape[:2]
-    g = np.asarray(G, np.float64)
-    u = np.einsum("ak,oikl,bl->aboi", g, w.astype(np.float64), g).reshape(POINTS * POINTS, co, ci)
-    padded = np.zeros((POINTS * POINTS, -(-co // PANEL) * PANEL, ci))
+    g = np.asarray(f.g, np.float64)
+    u = np.einsum("ak,oikl,bl->aboi", g, w.astype(np.float64), g).reshape(f.points**2, co, ci)
+    padded = np.zeros((f.points**2, -(-co // PANEL) * PANEL, ci))
     padded[:, :co] = u
-    return np.ascontiguousarray(padded.reshape(POINTS * POINTS, -1, PANEL, ci).transpose(0, 1, 3, 2), np.float32)
+    return np.ascontiguousarray(padded.reshape(f.points**2, -1, PANEL, ci).transpose(0, 1, 3, 2), np.float32)
 
 
 # A batch runs image by image through layer1 and layer2 (common.generated): their activations are 1.6-3.2 MB
 # per image, and a batch of 8 of them does not stay in L3 (32 MB) from one layer to the next.
 WHOLE_BATCH_FROM = "layer3.0.downsample.0"
-ABLATIONS = {"every 3x3 conv direct, as in 08 (no Winograd)": {"winograd": False}}
+ABLATIONS = {
+    "every 3x3 conv direct, as in 08 (no Winograd)": {"winograd": ()},
+    "layer4's two 7x7 convs direct (F(4x4) alone, no F(2x2))": {"winograd": (4,)},
+}
 
 
 class ResNet50(GeneratedResNet50):
@@ -639,7 +689,7 @@ class ResNet50(GeneratedResNet50):
         **switches
     ) -> None:
         self.whole_batch_from = whole_batch_from
-        self.switches = {"pixels": PIXELS, "winograd": True, **switches}
+        self.switches = {"pixels": PIXELS, "winograd": SIZES, **switches}
         super().__init__(weights, max_batch, numba.config.NUMBA_NUM_THREADS if threads is None else threads)
 
     def generate(self, tensor_at: dict[str, int], weight_at: dict[str, int]) -> str:
@@ -652,7 +702,8 @@ class ResNet50(GeneratedResNet50):
         for c in spec.CONVS:
             bn = [weights.load(f"{c.bn}.{f}") for f in ("weight", "bias", "running_mean", "running_var")]
             w, arrays[bias_name(c)] = fold(weights.load(c.weight), *bn)
-            arrays[c.weight] = winograd_panels(w) if self.switches["winograd"] and is_winograd(c) else panels(w)
+            f = winograd_form(c, self.switches["winograd"])
+            arrays[c.weight] = winograd_panels(w, f) if f else panels(w)
         arrays["fc.weight"], arrays["fc.bias"] = weights.load("fc.weight"), weights.load("fc.bias")
         return pack_arrays(arrays)
 
@@ -665,10 +716,11 @@ class ResNet50(GeneratedResNet50):
         so the border stays zero from construction on."""
         return {t for t, floats in self.tensor_floats().items() if floats > np.prod(chw(t))}
 
+    def in_place(self) -> dict[str, str]:
+        """A bottleneck's last conv writes its output over the residual it adds (07's)."""
+        return {s.dst: s.residual for s in spec.STEPS if s.residual}
+
     def scratch_floats(self) -> int:
         """The Winograd convs' transformed tiles v and the GEMMs' sums m, for the largest conv and batch."""
-        if not self.switches["winograd"]:
-            return 0
-        sizes = [(POINTS * POINTS * winograd_shapes(c)[0] * (c.cin + winograd_shapes(c)[1]), c) for c in spec.CONVS
-                 if is_winograd(c)]  # fmt: skip
-        return max(size * min(chunk(c), self.max_batch) for size, c in sizes)
+        convs = [c for c in spec.CONVS if winograd_form(c, self.switches["winograd"])]
+        return max((floats_per_image(c) * min(chunk(c), self.max_batch) for c in convs), default=0)
