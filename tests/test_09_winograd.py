@@ -47,16 +47,19 @@ def run_layer(s09, step: spec.Step, x, w, bias, res, threads: int = 1):
     if not SHARED:
         SHARED.update({"np": np, "njit": njit, "prange": prange, "FMA_ONLY": s09.FMA_ONLY})
         SHARED.update({name: np.float32(k) for k, name in s09.NUMBERS.items()})
-        plain = s09.dataclasses.replace(step, residual=None, relu=False)
-        shared = s09.tile_source(plain)
+        shared = s09.tile_source(None)  # the sums stored as they are
         exec(shared.replace("cache=True", "cache=False"), SHARED)
-    namespace = dict(SHARED)
-    source = "\n\n".join([s09.winograd_in_source(step), s09.winograd_gemm_source(step), s09.winograd_out_source(step)])
+    namespace = dict(SHARED, winograd_ir=s09.winograd_ir)
+    f = s09.winograd_form(c)
+    vector_code = s09.transform_source(f, "in") + s09.transform_source(f, "out", step)
+    source = "\n\n".join(
+        [vector_code, s09.winograd_in_source(step), s09.winograd_gemm_source(step), s09.winograd_out_source(step)]
+    )
     exec(source.replace("cache=True", "cache=False"), namespace)
     kin, kgemm, kout = (namespace[s09.winograd_name(p, step)] for p in ["in", "gemm", "out"])
     n = x.shape[0]
     xs = stored(s09, step.src, x)
-    f, (per_image, padded) = s09.winograd_form(c), s09.winograd_shapes(c)
+    per_image, padded = s09.winograd_shapes(c)
     scratch = np.full(f.points**2 * per_image * n * (c.cin + padded), np.nan, np.float32)
     edge = s09.border(step.dst)
     out_rows, out_width = s09.layout(step.dst)

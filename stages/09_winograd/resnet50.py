@@ -20,7 +20,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from common import isa, spec
+from common import isa, spec, winograd_ir
 from common.arena import channels_last, pack_arrays
 from common.generated import GeneratedResNet50, activation, arena_view, docstring, local, plus, pool_view, split, times
 from common.inputs import SHAPE
@@ -129,8 +129,10 @@ def tiles_across(outputs: int, f: Winograd) -> int:
     return -(-outputs // f.out)
 
 
-def epilogue(step: spec.Step) -> str:
-    return ("_add" if step.residual else "") + ("_relu" if step.relu else "")
+def epilogue(step: spec.Step | None) -> str:
+    """What a store does besides the bias, as a name's end ('_add_relu'); None: the sums as they are (the
+    Winograd GEMMs' store, '')."""
+    return ("_add" if step and step.residual else "") + ("_relu" if step and step.relu else "")
 
 
 def store_suffix(step: spec.Step) -> str:
@@ -142,11 +144,11 @@ def kernel_name(step: spec.Step) -> str:
     return f"{conv_name(step.conv)}{store_suffix(step)}"
 
 
-def tile_name(step: spec.Step, stored: int = PANEL, pixels: int = PIXELS) -> str:
+def tile_name(step: spec.Step | None, stored: int = PANEL, pixels: int = PIXELS) -> str:
     return f"tile_{pixels}x{PANEL}{epilogue(step)}" + (f"_{stored}_channels" if stored < PANEL else "")
 
 
-def tile_source(step: spec.Step, stored: int = PANEL, pixels: int = PIXELS) -> str:
+def tile_source(step: spec.Step | None, stored: int = PANEL, pixels: int = PIXELS) -> str:
     """The micro-kernel: `pixels` output pixels x one panel of 64 output channels, held in registers
     (`c{pixel}_{channel}`: pixels x VECTORS vector registers once LLVM's SLP vectorizer packs them) for the whole sum.
     Each step of the sum loads the panel's 64 weights for one input float once (4 vectors) and
@@ -160,7 +162,7 @@ def tile_source(step: spec.Step, stored: int = PANEL, pixels: int = PIXELS) -> s
     channel). (The window is read from an array rather than passed as numbers: given a conv's literals,
     LLVM would compile a copy of this large function for each conv, minutes in all.)"""
     channels, rows = range(PANEL), range(pixels)
-    res = ", res" if step.residual else ""
+    res = ", res" if step and step.residual else ""
     out = [
         "@njit(cache=True, fastmath=FMA_ONLY)",
         f"def {tile_name(step, stored, pixels)}(x, at, window, w, bias, y{res}):",
@@ -169,7 +171,7 @@ def tile_source(step: spec.Step, stored: int = PANEL, pixels: int = PIXELS) -> s
             f"of sums as scalars c{{pixel}}_{{channel}}, which LLVM's SLP vectorizer packs into {pixels * VECTORS} "
             f"vectors; per input float, {PANEL} weights loaded and {pixels} broadcast, {pixels * PANEL} multiply-adds. "
             f"Then the store of the first {stored} channels: + bias{', + residual' if res else ''}"
-            f"{', ReLU' if step.relu else ''}."
+            f"{', ReLU' if step and step.relu else ''}."
         ),
         "    taps, row, length = window[0], window[1], window[2]",
         *[f"    c{r}_{j} = np.float32(0.0)" for r in rows for j in channels],
@@ -185,7 +187,7 @@ def tile_source(step: spec.Step, stored: int = PANEL, pixels: int = PIXELS) -> s
         out += [f"            p{r} = x{r}[i]", *[f"            c{r}_{j} += p{r} * w{j}" for j in channels]]
     for r in rows:
         value = [f"c{r}_{j} + bias[{j}]" + (f" + rr[{j}]" if res else "") for j in range(stored)]
-        if step.relu:
+        if step and step.relu:
             value = [f"max({v}, np.float32(0.0))" for v in value]
         # Slices, so that every index is a literal (numba adds no negative-index check), and every pixel's
         # loads before the first store: y is the residual's place (07's in-place output), and a short last
@@ -322,14 +324,28 @@ def winograd_in_source(step: spec.Step) -> str:
     c = step.conv
     f, shift = winograd_form(c), border(step.src) - c.pad
     per_image, _ = winograd_shapes(c)
-    # The tile's rows and its v as slices, so every index is a literal plus ch: numba adds no negative-index
-    # check. (LLVM still leaves this loop scalar: it cannot prove that 72 addresses do not overlap.)
+    rows, row = layout(step.src)
+    whole = vectors_of(c.cin)
+    # Whole vectors of channels with common/winograd_ir.py's vector code, from the places of the tile's
+    # values in x and in v; the channels left over (none in ResNet-50), one at a time as numba code, the
+    # tile's rows and its v as slices so that every index is a literal plus ch (no negative-index check).
     start = times(plus("ow", shift), c.cin)
     points = range(f.points)
-    rows = [f"row{i} = x[img, {plus('oh', i + shift)}, {start} : {start} + {f.points * c.cin}]" for i in points]
+    places = [
+        f"for i in range({f.points}):",
+        f"    for j in range({f.points}):",
+        f"        ats[t, 0, i * {f.points} + j] = img * {rows * row} + {times(plus('oh', 'i', shift), row)}"
+        f" + {times(plus('ow', 'j', shift), c.cin)}",
+        f"        ats[t, 1, i * {f.points} + j] = (t * {f.points**2} + i * {f.points} + j) * {c.cin}",
+        f"for ch in range(0, {whole}, {LANES}):  # {LANES} channels at a time",
+        f"    {transform_name(f, 'in')}(xs, ats, t, scratch, ch)",
+    ]
+    left = [f"row{i} = x[img, {plus('oh', i + shift)}, {start} : {start} + {f.points * c.cin}]" for i in points]
+    left += ["vt = v[t]", f"for ch in range({whole}, {c.cin}):  # the channels left over"]
     body = [f"d{i}_{j} = row{i}[{plus(j * c.cin, 'ch')}]" for i in points for j in points]
     body += transform(f.bt, "d", "e", "v")
     body += [f"vt[{i * f.points + j}, ch] = v{i}_{j}" for i in points for j in points]
+    left += ["    " + line for line in body]
     return "\n".join(
         [
             "@njit(cache=True, fastmath=True, parallel=True)",
@@ -337,13 +353,14 @@ def winograd_in_source(step: spec.Step) -> str:
             f'    """{c.cin}x{c.h_in}x{c.w_in}, stored with a border of {border(step.src)}: '
             f'tiles of {f.points}x{f.points} to V = B^T d B."""',
             f"    tiles = x.shape[0] * {per_image}",
-            f"    v = scratch[: {f.points**2} * tiles * {c.cin}].reshape(tiles, {f.points**2}, {c.cin})",
+            *([f"    v = scratch[: {f.points**2} * tiles * {c.cin}].reshape(tiles, {f.points**2}, {c.cin})"]
+              if whole < c.cin else []),
+            "    xs = x.reshape(-1)",
+            f"    ats = np.empty((tiles, 3, {f.points**2}), np.int64)  # where each value of a tile is, in x and in v",
             "    for t in prange(tiles):  # tiles, across threads",
             *["        " + line for line in tile_corner(c, "t")],
-            *["        " + line for line in rows],
-            "        vt = v[t]",
-            f"        for ch in range({c.cin}):",
-            *["            " + line for line in body],
+            *["        " + line for line in places if whole],
+            *["        " + line for line in left if whole < c.cin],
         ]
     ) + "\n"
 
@@ -384,7 +401,7 @@ def winograd_gemm_source(step: spec.Step, pixels: int = PIXELS, order: str = "by
             "                t = min(first + r, tiles - 1)  # a short last group repeats its last tile",
             f"                at[0, r] = (t * {points} + e) * {c.cin}",
             f"                at[1, r] = (t * {points} + e) * {padded} + co",
-            f"            tile_{pixels}x{PANEL}(v, at, window, u[e, {panel}], zero, m)",
+            f"            {tile_name(None, PANEL, pixels)}(v, at, window, u[e, {panel}], zero, m)",
         ]
     ) + "\n"
 
@@ -414,8 +431,31 @@ def winograd_out_source(step: spec.Step) -> str:
         return lines
 
     res = ", res" if step.residual else ""
-    full = [f"for co in range({c.cout}):", *["    " + h for h in head + stores(False)]]
-    cut = [f"for co in range({c.cout}):", *["    " + h for h in head + stores(True)]]
+    whole = vectors_of(c.cout)
+    out_rows, out_row = layout(step.dst)
+    places = [
+        f"for i in range({f.points**2}):",
+        f"    ats[t, 0, i] = start + (t * {f.points**2} + i) * {padded}",
+        f"for a in range({f.out}):",
+        f"    for b in range({f.out}):",
+        "        inside = a < rows and b < cols  # an edge tile's outputs beyond the layer are not stored",
+        f"        ats[t, 1, a * {f.out} + b] = img * {out_rows * out_row} + {times(plus('oh', 'a', edge), out_row)}"
+        f" + {times(plus('ow', 'b', edge), c.cout)} if inside else -1",
+        *([f"        ats[t, 2, a * {f.out} + b] = img * {c.h_out * c.w_out * c.cout}"
+           f" + {times(plus('oh', 'a'), c.w_out * c.cout)} + {times(plus('ow', 'b'), c.cout)}"] if res else []),
+        f"for co in range(0, {whole}, {LANES}):  # {LANES} channels at a time",
+        f"    {transform_name(f, 'out', step)}(scratch, ats, t, outs, co, bias{', ress' if res else ''})",
+    ]  # fmt: skip
+    over = f"for co in range({whole}, {c.cout}):  # the channels left over"
+    full = [over, *["    " + h for h in head + stores(False)]]
+    cut = [over, *["    " + h for h in head + stores(True)]]
+    left = [
+        "mt = m[t]",
+        f"if rows == {f.out} and cols == {f.out}:",
+        *["    " + line for line in full],
+        "else:  # a tile at the bottom or right edge",
+        *["    " + line for line in cut],
+    ]
     return "\n".join(
         [
             "@njit(cache=True, fastmath=True, parallel=True)",
@@ -425,17 +465,40 @@ def winograd_out_source(step: spec.Step) -> str:
             f'{f", stored with a border of {edge}" if edge else ""}."""',
             f"    tiles = n * {per_image}",
             f"    start = {points} * tiles * {c.cin}  # after v",
-            f"    m = scratch[start : start + {points} * tiles * {padded}].reshape(tiles, {points}, {padded})",
+            *([f"    m = scratch[start : start + {points} * tiles * {padded}].reshape(tiles, {points}, {padded})"]
+              if whole < c.cout else []),
+            "    outs = out.reshape(-1)",
+            *(["    ress = res.reshape(-1)"] if res else []),
+            f"    ats = np.empty((tiles, 3, {points}), np.int64)  # where each value of a tile is, in m, out and res",
             "    for t in prange(tiles):  # tiles, across threads",
             *["        " + line for line in tile_corner(c, "t")],
-            "        mt = m[t]",
             f"        rows, cols = min({f.out}, {c.h_out} - oh), min({f.out}, {c.w_out} - ow)",
-            f"        if rows == {f.out} and cols == {f.out}:",
-            *["            " + line for line in full],
-            "        else:  # a tile at the bottom or right edge",
-            *["            " + line for line in cut],
+            *["        " + line for line in places if whole],
+            *["        " + line for line in left if whole < c.cout],
         ]
     ) + "\n"
+
+
+LANES = ISA.vector_floats  # channels per vector in the transforms' vector code (common/winograd_ir.py)
+
+
+def vectors_of(channels: int) -> int:
+    """The channels that make whole vectors: the transforms' vector code takes them, numba code the rest."""
+    return channels // LANES * LANES
+
+
+def transform_name(f: Winograd, part: str, step: spec.Step | None = None) -> str:
+    """The vector code of a form's input transform ('in'), or its output transform with a store's epilogue."""
+    return f"transform_in_{f.out}" if part == "in" else f"transform_out_{f.out}{epilogue(step)}"
+
+
+def transform_source(f: Winograd, part: str, step: spec.Step | None = None) -> str:
+    """A line of the generated module: the vector code of one transform, built by common/winograd_ir.py."""
+    if part == "in":
+        return f"{transform_name(f, part)} = winograd_ir.transform({tuple(map(tuple, f.bt))})\n"
+    res, relu = bool(step.residual), bool(step.relu)
+    return (f"{transform_name(f, part, step)} = winograd_ir.transform({tuple(map(tuple, f.at))}, bias=True, "
+            f"residual={res}, relu={relu})\n")  # fmt: skip
 
 
 def chunk(c: spec.Conv) -> int:
@@ -602,8 +665,12 @@ def generate(
     classifier, the forward pass."""
     kernels: dict[str, list[spec.Step]] = {}
     transforms: dict[str, str] = {}
+    vector_code: dict[str, str] = {}
     for step in spec.STEPS:
         if step.conv and winograd_form(step.conv, winograd):
+            f = winograd_form(step.conv)
+            vector_code.setdefault(transform_name(f, "in"), transform_source(f, "in"))
+            vector_code.setdefault(transform_name(f, "out", step), transform_source(f, "out", step))
             transforms.setdefault(winograd_name("in", step), winograd_in_source(step))
             transforms.setdefault(winograd_name("gemm", step), winograd_gemm_source(step, pixels, order))
             transforms.setdefault(winograd_name("out", step), winograd_out_source(step))
@@ -612,12 +679,13 @@ def generate(
     pools = [s for s in spec.STEPS if s.op in ("maxpool", "avgpool")]
     tiles = {tile_name(s, n, pixels): (s, n) for s, *_ in kernels.values() for n in stored_channels(s.conv)}
     if transforms:  # the GEMMs' sums, stored as they are
-        plain = dataclasses.replace(spec.STEPS[0], residual=None, relu=False)
-        tiles[tile_name(plain, PANEL, pixels)] = (plain, PANEL)
+        tiles[tile_name(None, PANEL, pixels)] = (None, PANEL)
     parts = [
-        "import numpy as np\nfrom numba import njit, prange\n\n"
+        "import numpy as np\nfrom numba import njit, prange\n\nfrom common import winograd_ir\n\n"
         f"FMA_ONLY = {{{', '.join(map(repr, sorted(FMA_ONLY)))}}}\n"
-        f"{', '.join(NUMBERS.values())} = {', '.join(f'np.float32({k})' for k in NUMBERS)}\n",
+        f"{', '.join(NUMBERS.values())} = {', '.join(f'np.float32({k})' for k in NUMBERS)}\n"
+        f"# The transforms' vector code: common/winograd_ir.py as of sha256 {winograd_ir.source_digest()}\n"
+        + "".join(vector_code.values()),
         entry_source(),
         *(tile_source(step, stored, pixels) for step, stored in tiles.values()),
         *(conv_source(steps[0], [s.name for s in steps], pixels, order) for steps in kernels.values()),
