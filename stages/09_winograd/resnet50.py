@@ -1,13 +1,15 @@
 """Stage 09, Winograd: the 3x3 stride-1 convs with fewer multiplications.
 
-One change from 08: the 11 3x3 convs of stride 1 in layer1-3 (31.1% of ResNet-50's FLOPs) use
-Winograd's minimal filtering F(4x4, 3x3) (Lavin and Gray, 2016). A 4x4 block of outputs of one (input,
-output) channel pair needs 36 multiplications instead of 144: in the transformed domain a 3x3 conv over a
-6x6 input tile is an elementwise product, and summed over the input channels it is 36 independent GEMMs,
-which 08's micro-kernel computes. Per such conv: the input tiles are transformed (V = B^T d B, the 6x6
-matrices are literals in the generated code), the 36 GEMMs multiply them with the weights transformed at
-construction (U = G g G^T), and the output transform (Y = A^T m A) is fused with 08's epilogue: + bias,
-+ residual, ReLU, into the reader's buffer. Every other conv is 08's.
+One change from 08: the 13 3x3 convs of stride 1 (36.8% of ResNet-50's FLOPs) use Winograd's minimal
+filtering (Lavin and Gray, 2016): F(4x4, 3x3) for the 11 in layer1-3, where a 4x4 block of outputs of one
+(input, output) channel pair needs 36 multiplications instead of 144, and F(2x2, 3x3) for layer4's two
+7x7 ones, 16 instead of 36. In the transformed domain a 3x3 conv over an input tile is an elementwise
+product, and summed over the input channels it is 36 (16) independent GEMMs, which 08's micro-kernel
+computes. Per such conv: the input tiles are transformed (V = B^T d B), the GEMMs multiply them with the
+weights transformed at construction (U = G g G^T), and the output transform (Y = A^T m A) is fused with
+08's epilogue: + bias, + residual, ReLU, into the reader's buffer. The transforms are the same small
+integer sums for every channel, so they run on vectors of channels (common/winograd_ir.py: numba leaves
+them scalar). Every other conv is 08's.
 
 The forward pass walks `spec.STEPS` (conv1, maxpool, 16 bottlenecks, avgpool, fc): each step reads one
 named tensor and writes one; a bottleneck's last conv adds the block's input (the residual) before its ReLU.
@@ -31,6 +33,7 @@ TILES = {32: (6, 4), 16: (5, 2)}  # vector registers -> (pixels, vectors per pan
 ISA = isa.target()
 PIXELS, VECTORS = TILES.get(ISA.registers, TILES[16])  # AVX-512: 6 x 4 zmm in 32; AVX2: 5 x 2 ymm in 16
 PANEL = VECTORS * ISA.vector_floats  # output channels in a tile: 64 on AVX-512, 16 on AVX2
+LANES = ISA.vector_floats  # channels per vector in the transforms' vector code (common/winograd_ir.py)
 # A conv's items are cut into this many runs, and numba deals the runs out to its threads: 60 is an equal
 # share for 1 to 6 threads, and the thread count is not written into the code (one compile for any).
 PARTS = 60
@@ -477,9 +480,6 @@ def winograd_out_source(step: spec.Step) -> str:
             *["        " + line for line in left if whole < c.cout],
         ]
     ) + "\n"
-
-
-LANES = ISA.vector_floats  # channels per vector in the transforms' vector code (common/winograd_ir.py)
 
 
 def vectors_of(channels: int) -> int:
