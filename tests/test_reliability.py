@@ -297,6 +297,24 @@ def test_a_run_past_the_machines_limits_is_busy_not_a_result(one, two, fraction,
     assert contention.busy == busy and (not busy or "limits" in contention.reason)
 
 
+def test_under_an_emulated_target_only_the_stages_are_held_to_its_peaks():
+    """make bench under NUMBA_CPU_NAME=haswell: the peaks are AVX2's, the peers still run AVX-512 and VNNI."""
+    from bench.run import Contention
+
+    limit = {"gflops_1_thread": 60.0, "gflops_all_threads": 118.0}
+    peer = {"name": "onnxruntime-int8@1", "kind": "peer", "precision": "int8", "peak_fraction": 22.6}
+    stage = {"name": "08_microkernel@1", "kind": "stage", "peak_fraction": 1.2}
+    quiet = Contention(2)
+    quiet.check_limits(limit, [peer], emulated=True)
+    assert not quiet.busy
+    busy = Contention(2)
+    busy.check_limits(limit, [peer, stage], emulated=True)
+    assert busy.busy and "08_microkernel@1 ran at 120% of the FMA peak" in busy.reason
+    native = Contention(2)
+    native.check_limits(limit, [peer], emulated=False)
+    assert native.busy and "onnxruntime-int8@1 ran at 2260% of the int8 peak" in native.reason
+
+
 def test_weights_onto_a_full_disk_are_one_line_and_leave_nothing(tmp_path, monkeypatch, capsys):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
