@@ -33,7 +33,7 @@ TILES = {32: (6, 4), 16: (5, 2)}  # vector registers -> (pixels, vectors per pan
 ISA = isa.target()
 PIXELS, VECTORS = TILES.get(ISA.registers, TILES[16])  # AVX-512: 6 x 4 zmm in 32; AVX2: 5 x 2 ymm in 16
 PANEL = VECTORS * ISA.vector_floats  # output channels in a tile: 64 on AVX-512, 16 on AVX2
-LANES = ISA.vector_floats  # channels per vector in the transforms' vector code (common/winograd_ir.py)
+LANES = winograd_ir.lanes()  # channels per vector in the transforms' vector code: its own width
 # A conv's items are cut into this many runs, and numba deals the runs out to its threads: 60 is an equal
 # share for 1 to 6 threads, and the thread count is not written into the code (one compile for any).
 PARTS = 60
@@ -358,8 +358,9 @@ def winograd_in_source(step: spec.Step) -> str:
             f"    tiles = x.shape[0] * {per_image}",
             *([f"    v = scratch[: {f.points**2} * tiles * {c.cin}].reshape(tiles, {f.points**2}, {c.cin})"]
               if whole < c.cin else []),
-            "    xs = x.reshape(-1)",
-            f"    ats = np.empty((tiles, 3, {f.points**2}), np.int64)  # where each value of a tile is, in x and in v",
+            *(["    xs = x.reshape(-1)",
+               f"    ats = np.empty((tiles, 3, {f.points**2}), np.int64)"
+               "  # where each value of a tile is, in x and in v"] if whole else []),
             "    for t in prange(tiles):  # tiles, across threads",
             *["        " + line for line in tile_corner(c, "t")],
             *["        " + line for line in places if whole],
@@ -470,9 +471,10 @@ def winograd_out_source(step: spec.Step) -> str:
             f"    start = {points} * tiles * {c.cin}  # after v",
             *([f"    m = scratch[start : start + {points} * tiles * {padded}].reshape(tiles, {points}, {padded})"]
               if whole < c.cout else []),
-            "    outs = out.reshape(-1)",
-            *(["    ress = res.reshape(-1)"] if res else []),
-            f"    ats = np.empty((tiles, 3, {points}), np.int64)  # where each value of a tile is, in m, out and res",
+            *(["    outs = out.reshape(-1)"] if whole else []),
+            *(["    ress = res.reshape(-1)"] if res and whole else []),
+            *([f"    ats = np.empty((tiles, 3, {points}), np.int64)"
+               "  # where each value of a tile is, in m, out and res"] if whole else []),
             "    for t in prange(tiles):  # tiles, across threads",
             *["        " + line for line in tile_corner(c, "t")],
             f"        rows, cols = min({f.out}, {c.h_out} - oh), min({f.out}, {c.w_out} - ow)",
