@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -84,21 +84,6 @@ def load(source: str, stage: str, in_memory: bool = False) -> ModuleType:
     return _import(None, path, f"resnet50_generated_{stage}_{digest}")
 
 
-@contextmanager
-def slp_vectorizer():
-    """LLVM's SLP vectorizer on for what numba compiles inside the block, then numba's setting as it was.
-
-    numba turns it off by default (NUMBA_SLP_VECTORIZE=0) and reads the setting each time it builds its
-    optimisation passes, so this changes one stage's kernels and no one else's, in the same process.
-    """
-    before = numba.config.SLP_VECTORIZE
-    numba.config.SLP_VECTORIZE = 1
-    try:
-        yield
-    finally:
-        numba.config.SLP_VECTORIZE = before
-
-
 # numba's cache keeps a caller's machine code with its own copies of the kernels it calls, linked in and
 # optimised again with it, while the process that compiled them runs each kernel's own machine code
 # (docs/numba-cache-bug.md). So the process that compiles is never the one that runs: a child compiles
@@ -107,7 +92,7 @@ COMPILE = r"""
 import sys
 from pathlib import Path
 from common import codegen_cache
-codegen_cache.compile_here(Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "slp")
+codegen_cache.compile_here(Path(sys.argv[1]), sys.argv[2])
 """
 
 
@@ -132,15 +117,14 @@ def in_cache(module: ModuleType) -> bool:
         return False  # a numba whose cache looks different: compile
 
 
-def compile_here(folder: Path, name: str, slp: bool) -> None:
+def compile_here(folder: Path, name: str) -> None:
     """The child's side: import the module under its name, compile its forward pass into the cache."""
     jit_cache.install(folder)
     module = _import(None, folder / FILE, name)
-    with slp_vectorizer() if slp else nullcontext():
-        module.forward.compile(signature(forward_args()))
+    module.forward.compile(signature(forward_args()))
 
 
-def compile_in_child(module: ModuleType, slp: bool, label: str) -> float:
+def compile_in_child(module: ModuleType, label: str) -> float:
     """Compile the module's forward pass into numba's cache in a child process, with a clock running on a
     terminal; returns the seconds it took. Its errors are the child's, as one line. One process at a time
     compiles a folder (a lock file in it): another that wants the same code waits, then finds it cached."""
@@ -148,7 +132,7 @@ def compile_in_child(module: ModuleType, slp: bool, label: str) -> float:
     start = time.perf_counter()
     with _compile_lock(folder):
         if not in_cache(module):  # else compiled by another process while this one waited
-            _compile_in_child(folder, module, slp, label)
+            _compile_in_child(folder, module, label)
     return time.perf_counter() - start
 
 
@@ -169,9 +153,9 @@ def _compile_lock(folder: Path):
         yield
 
 
-def _compile_in_child(folder: Path, module: ModuleType, slp: bool, label: str) -> None:
+def _compile_in_child(folder: Path, module: ModuleType, label: str) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    args = [sys.executable, "-c", COMPILE, str(folder), module.__name__, "slp" if slp else "-"]
+    args = [sys.executable, "-c", COMPILE, str(folder), module.__name__]
     clock = tqdm(desc=f"compiling {label} (once per target)", bar_format="{desc}: {elapsed}", disable=None, leave=False)
     with tempfile.TemporaryFile() as err, clock:
         child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=ROOT)

@@ -10,8 +10,7 @@ import the source from the private cache (common.codegen_cache), and offer the s
     conv_weights(conv, w) -> array           the layout of one conv's weights in the pool (default: 04's)
     scratch_floats() -> int                  the scratch buffer's size
 and may supply pack(weights) (the whole pool), tensor_floats(), private() and in_place() (the arena's plan),
-and set `slp_vectorize = True` to have its kernels compiled with LLVM's SLP vectorizer on (08 on), and
-`whole_batch_from` (a step's name) to have a batch run image by image up to that step (08 on).
+and set `whole_batch_from` (a step's name) to have a batch run image by image up to that step (08 on).
 
 Every kernel is compiled (or loaded from numba's cache) in the constructor, which records the seconds spent
 compiling in `compile_s`; code loaded from the cache is checked before it is used (common.selfcheck).
@@ -25,7 +24,7 @@ The helpers below keep the generated code reading like code a person wrote: no `
 
 import inspect
 import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -34,7 +33,6 @@ import numpy as np
 
 from common import codegen_cache, selfcheck, spec
 from common.arena import aligned_zeros, channels_last, pack_weights, plan_arena
-from common.codegen_cache import slp_vectorizer
 from common.errors import LadderError
 from common.inputs import check_batch, check_max_batch, check_threads
 from common.timing import compile_clock
@@ -133,10 +131,6 @@ class GeneratedResNet50:
     """ResNet-50 from a stage's generated source; see the module's docstring."""
 
     threads: int | None = None  # a multi-threaded stage sets it (numba's threads during its calls)
-    # A stage whose kernels need LLVM's SLP vectorizer (register tiles of scalars) sets it: its code is then
-    # compiled in the constructor with the vectorizer on, and only its code. numba's on-disk cache does not
-    # record the setting; the stage's own cache folder only ever holds code compiled this way.
-    slp_vectorize: bool = False
     # A stage that names a step here runs a batch of several images through the steps before it one image at
     # a time, in an arena of its own planned for one image, and from that step on all together. Early on the
     # activations are large and the weights small: one image's tensors stay in L3 (layer1's are 3.2 MB each,
@@ -183,11 +177,10 @@ class GeneratedResNet50:
         in_memory = module.__name__.endswith("_in_memory")
         cached = not in_memory and codegen_cache.in_cache(module)
         if not in_memory and not cached:
-            self.compile_s += codegen_cache.compile_in_child(module, self.slp_vectorize, stage)
+            self.compile_s += codegen_cache.compile_in_child(module, stage)
             selfcheck.forget(folder)  # records of code that is gone
         self.forward = module.forward
-        with slp_vectorizer() if self.slp_vectorize else nullcontext():
-            logits = self._probe()  # loads every kernel (in memory: compiles them)
+        logits = self._probe()  # loads every kernel (in memory: compiles them)
         why = selfcheck.verify(logits, selfcheck.record_path(folder, self.params), self._judge, record=not in_memory)
         if why is None:
             return cached
@@ -309,11 +302,12 @@ def warm_cache(infos: list, workers: int, stop: threading.Event | None = None) -
             source = stage_class(ShapesOnly()).source  # the source depends on the shapes alone
         module = codegen_cache.load(source, info.name)
         if not module.__name__.endswith("_in_memory") and not codegen_cache.in_cache(module):
-            jobs.append((module, stage_class.slp_vectorize, info.name))
-    def compile_one(module, slp: bool, label: str) -> str | None:
+            jobs.append((module, info.name))
+
+    def compile_one(module, label: str) -> str | None:
         if stop is not None and stop.is_set():
             return None
-        codegen_cache.compile_in_child(module, slp, label)
+        codegen_cache.compile_in_child(module, label)
         return label
 
     with ThreadPoolExecutor(max(1, workers)) as pool:

@@ -24,8 +24,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from common import isa
-
-I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+from common.llvm_ir import I8, I32, I64, data, digest, load_at, splat
 
 
 def lanes() -> int:
@@ -67,16 +66,6 @@ def dot4(builder: ir.IRBuilder, acc: ir.Value, a: ir.Value, b: ir.Value, name: s
     return total
 
 
-def _splat(builder: ir.IRBuilder, word: ir.Value, vector: ir.VectorType) -> ir.Value:
-    one = builder.insert_element(ir.Constant(vector, None), word, ir.Constant(I32, 0))
-    zeros = ir.Constant(ir.VectorType(I32, vector.count), [0] * vector.count)
-    return builder.shuffle_vector(one, ir.Constant(vector, None), zeros)
-
-
-def _data(context, builder, typ, value) -> ir.Value:
-    return context.make_array(typ)(context, builder, value).data
-
-
 @cache
 def tile(pixels: int, vectors: int, residual: bool):
     """The int8 micro-kernel: 08's tile of `pixels` output pixels x `vectors` vectors of output channels,
@@ -105,16 +94,16 @@ def tile(pixels: int, vectors: int, residual: bool):
     ints, floats, bytes_ = ir.VectorType(I32, n), ir.VectorType(ir.FloatType(), n), ir.VectorType(I8, n)
 
     def codegen(context, builder, signature, args):
-        data = [_data(context, builder, t, v) if isinstance(t, types.Array) else v
-                for t, v in zip(signature.args, args, strict=True)]  # fmt: skip
-        xs, ats, win, ws, _, biases, scales, quant, ys = data[:9]
+        arrays = [data(context, builder, t, v) if isinstance(t, types.Array) else v
+                  for t, v in zip(signature.args, args, strict=True)]  # fmt: skip
+        xs, ats, win, ws, _, biases, scales, quant, ys = arrays[:9]
         panel_index = args[4]
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(ints, None)) for _ in range(vectors)]
                 for _ in range(pixels)]  # fmt: skip
         x_bytes = builder.bitcast(xs, I8.as_pointer())
         w_vectors = builder.bitcast(ws, ints.as_pointer())
-        taps, row, length = (_at(builder, win, k) for k in range(3))
-        starts = [_at(builder, ats, r) for r in range(pixels)]
+        taps, row, length = (load_at(builder, win, k) for k in range(3))
+        starts = [load_at(builder, ats, r) for r in range(pixels)]
         words = builder.udiv(length, ir.Constant(I64, 4))
         # The panel's place: its weights (in vectors) and its first output channel.
         w_vectors = builder.gep(w_vectors, [builder.mul(builder.mul(panel_index, builder.mul(taps, words)),
@@ -132,11 +121,11 @@ def tile(pixels: int, vectors: int, residual: bool):
                 byte = builder.add(offset, builder.mul(i, ir.Constant(I64, 4)))
                 for r in range(pixels):
                     at = builder.gep(x_bytes, [builder.add(starts[r], byte)])
-                    a = _splat(builder, builder.load(builder.bitcast(at, I32.as_pointer()), align=1), ints)
+                    a = splat(builder, builder.load(builder.bitcast(at, I32.as_pointer()), align=1), ints)
                     for j in range(vectors):
                         builder.store(dot4(builder, builder.load(accs[r][j]), a, weights[j], name), accs[r][j])
         # The store.
-        q = [_splat(builder, _at(builder, quant, k), floats) for k in range(6 if residual else 3)]
+        q = [splat(builder, load_at(builder, quant, k), floats) for k in range(6 if residual else 3)]
         low, high, zero = q[:3]
         floor, ceiling = ir.Constant(floats, [0.0] * n), ir.Constant(floats, [255.0] * n)
         declare = partial(cgutils.get_or_insert_function, builder.module)
@@ -145,21 +134,21 @@ def tile(pixels: int, vectors: int, residual: bool):
         bias_v = builder.bitcast(builder.gep(biases, [first_channel]), ints.as_pointer())
         scale_v = builder.bitcast(builder.gep(scales, [first_channel]), floats.as_pointer())
         y_bytes = builder.gep(builder.bitcast(ys, I8.as_pointer()), [first_channel])
-        r_bytes = builder.gep(builder.bitcast(data[9], I8.as_pointer()), [first_channel]) if residual else None
+        r_bytes = builder.gep(builder.bitcast(arrays[9], I8.as_pointer()), [first_channel]) if residual else None
         channel = [
-            (_at(builder, bias_v, j, align=4), _at(builder, scale_v, j, align=4)) for j in range(vectors)
+            (load_at(builder, bias_v, j, align=4), load_at(builder, scale_v, j, align=4)) for j in range(vectors)
         ]  # each vector of channels' bias and scale, loaded once
         # Every pixel's residual before the first store: y is the residual's place (the output is written over
         # it), and a short last tile repeats its last pixel, whose residual must be read before either copy
         # is written.
         others = [[None] * vectors for _ in range(pixels)]
         for r in range(pixels if residual else 0):
-            res_at = _at(builder, ats, 2 * pixels + r)
+            res_at = load_at(builder, ats, 2 * pixels + r)
             for j in range(vectors):
                 at = builder.gep(r_bytes, [builder.add(res_at, ir.Constant(I64, j * n))])
                 others[r][j] = builder.load(builder.bitcast(at, bytes_.as_pointer()), align=1)
         for r in range(pixels):
-            out_at = _at(builder, ats, pixels + r)
+            out_at = load_at(builder, ats, pixels + r)
             for j in range(vectors):
                 bias, scale = channel[j]
                 v = builder.fmul(builder.sitofp(builder.add(builder.load(accs[r][j]), bias), floats), scale)
@@ -188,10 +177,6 @@ def tile(pixels: int, vectors: int, residual: bool):
         return types.void(x, at, window, w, types.int64, bias, scale, quant, y), codegen
 
     return int8_tile
-
-
-def _at(builder: ir.IRBuilder, pointer: ir.Value, k: int, align: int | None = None) -> ir.Value:
-    return builder.load(builder.gep(pointer, [ir.Constant(I64, k)]), align=align)
 
 
 def _clamp(builder: ir.IRBuilder, v: ir.Value, low: ir.Value, high: ir.Value) -> ir.Value:
@@ -232,10 +217,4 @@ def chains(count: int):
 
 
 def source_digest() -> str:
-    """This file's sha256: written into generated code that uses it, so numba's cache (keyed on the generated
-    source) never serves code built from another version of these kernels."""
-    import hashlib
-    from pathlib import Path
-
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-
+    return digest(__file__)

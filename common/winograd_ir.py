@@ -18,26 +18,19 @@ ch             the first of the `lanes` channels this call computes (added to ev
 bias           float32, one per channel: bias[ch:] is added to every output value
 """
 
-import hashlib
 from functools import cache
-from pathlib import Path
 
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
 from common import isa
-
-I64 = ir.IntType(64)
+from common.llvm_ir import I64, data, digest
 
 
 def lanes() -> int:
     """Channels per vector on the target numba compiles for (16 with AVX-512, 8 with AVX2)."""
     return isa.target().vector_floats
-
-
-def _data(context, builder, typ, value) -> ir.Value:
-    return context.make_array(typ)(context, builder, value).data
 
 
 def _combination(builder: ir.IRBuilder, row: tuple, values: list, vector: ir.VectorType) -> ir.Value:
@@ -64,7 +57,7 @@ def transform(matrix: tuple, bias: bool = False, residual: bool = False, relu: b
     width = points * points  # a tile's entries in ats
 
     def codegen(context, builder, signature, args):
-        src, ats, dst = (_data(context, builder, signature.args[i], args[i]) for i in (0, 1, 3))
+        src, ats, dst = (data(context, builder, signature.args[i], args[i]) for i in (0, 1, 3))
         t, ch = args[2], args[4]
         base = builder.mul(t, ir.Constant(I64, 3 * width))
 
@@ -80,9 +73,9 @@ def transform(matrix: tuple, bias: bool = False, residual: bool = False, relu: b
              for a in range(rows)]  # fmt: skip
         out = [[_combination(builder, matrix[b], e[a], vector) for b in range(rows)] for a in range(rows)]
         if bias:
-            b_data = _data(context, builder, signature.args[5], args[5])
+            b_data = data(context, builder, signature.args[5], args[5])
             bias_v = builder.load(builder.bitcast(builder.gep(b_data, [ch]), vector.as_pointer()), align=4)
-            res_data = _data(context, builder, signature.args[6], args[6]) if residual else None
+            res_data = data(context, builder, signature.args[6], args[6]) if residual else None
             zero = ir.Constant(vector, [0.0] * n)
             for a in range(rows):
                 for b in range(rows):
@@ -125,5 +118,4 @@ def transform(matrix: tuple, bias: bool = False, residual: bool = False, relu: b
 
 
 def source_digest() -> str:
-    """This file's sha256: the generated code names it, so a change here is a new cache entry."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return digest(__file__)

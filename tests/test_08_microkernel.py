@@ -1,15 +1,14 @@
 """Stage 08's claims: the conv is an outer-product register tile (packed FMAs with a broadcast operand, no
-stack spills in its loop), compiled with LLVM's SLP vectorizer without changing how anything else compiles;
-the weights are packed losslessly; convs whose channels and pixels do not divide into tiles are exact
-against ONNX Runtime's Conv; the whole net matches the judge at 1 and 2 threads and at batch 1, 3 and 8."""
+stack spills in its loop); the weights are packed losslessly; convs whose channels and pixels do not divide
+into tiles are exact against ONNX Runtime's Conv; the whole net matches the judge at 1 and 2 threads and at
+batch 1, 3 and 8."""
 
 import re
 
 import numpy as np
 import pytest
 
-from common import isa, spec, stages
-from common.generated import slp_vectorizer
+from common import fma_tile, isa, spec, stages
 from common.reference import compare
 from tests.asm import PACKED_FMA
 from tests.processes import last_json, run_python
@@ -42,23 +41,27 @@ def test_the_tile_is_packed_fmas_on_broadcast_inputs_with_nothing_spilled(s08):
     if target.arch not in isa.X86:
         pytest.skip(f"reads x86 assembly; numba compiles for {target.arch} here (the tile is still judged)")
     register = {16: "zmm", 8: "ymm", 4: "xmm"}[target.vector_floats]  # the target's own vectors
-    namespace = {"np": np, "njit": njit, "FMA_ONLY": s08.FMA_ONLY}
+    namespace = {"fma_tile": fma_tile}
     step = spec.STEP_BY_NAME["layer1.0.conv3"]  # the epilogue with the most in it: + bias, + residual, ReLU
     rng = np.random.default_rng(0)
     panel = s08.PANEL
-    with slp_vectorizer():
-        exec(s08.tile_source(step).replace("cache=True", "cache=False"), namespace)
-        tile = namespace[s08.tile_name(step)]
-        k, pixels, lanes = 32, s08.PIXELS, 2 * panel  # two panels: the tile computes the second
-        x = rng.standard_normal(pixels * k).astype(np.float32)
-        at = np.zeros((3, pixels), np.int64)
-        at[0] = np.arange(pixels) * k
-        at[1], at[2] = np.arange(pixels) * lanes + panel, np.arange(pixels)[::-1] * lanes + panel  # the second panel
-        w = rng.standard_normal((2, k, panel)).astype(np.float32)
-        bias = rng.standard_normal(lanes).astype(np.float32)
-        res = rng.standard_normal(pixels * lanes).astype(np.float32)
-        y = np.full(pixels * lanes, np.nan, np.float32)
-        tile(x, at, np.array([1, 0, k]), w[1], bias[panel:], y, res)
+    exec(s08.tile_source(step), namespace)
+    micro_kernel = namespace[s08.tile_name(step)]
+
+    @njit
+    def tile(x, at, window, w, bias, y, res):  # the intrinsic inlined into a function, as in a conv kernel
+        micro_kernel(x, at, window, w, bias, y, res)
+
+    k, pixels, lanes = 32, s08.PIXELS, 2 * panel  # two panels: the tile computes the second
+    x = rng.standard_normal(pixels * k).astype(np.float32)
+    at = np.zeros((3, pixels), np.int64)
+    at[0] = np.arange(pixels) * k
+    at[1], at[2] = np.arange(pixels) * lanes + panel, np.arange(pixels)[::-1] * lanes + panel  # the second panel
+    w = rng.standard_normal((2, k, panel)).astype(np.float32)
+    bias = rng.standard_normal(lanes).astype(np.float32)
+    res = rng.standard_normal(pixels * lanes).astype(np.float32)
+    y = np.full(pixels * lanes, np.nan, np.float32)
+    tile(x, at, np.array([1, 0, k]), w[1], bias[panel:], y, res)
     # It computes the GEMM and the epilogue, into the second panel's channels of each pixel and nowhere else.
     want = x.reshape(pixels, k) @ w[1] + bias[panel:] + res.reshape(pixels, lanes)[::-1, panel:]
     np.testing.assert_allclose(y.reshape(pixels, lanes)[:, panel:], np.maximum(want, 0), rtol=1e-5, atol=1e-5)
@@ -76,49 +79,6 @@ def test_the_tile_is_packed_fmas_on_broadcast_inputs_with_nothing_spilled(s08):
     # The epilogue is vector code too: a packed store per accumulator, no scalar store.
     stores = re.findall(rf"vmovups\s+%{register}\d+, [^\n]*\(%r", asm)
     assert len(stores) >= s08.PIXELS * s08.VECTORS and "vmovss\t%xmm" not in asm
-
-
-def test_slp_is_on_only_inside_the_block_and_back_after_an_error():
-    import numba
-
-    before = numba.config.SLP_VECTORIZE
-    with pytest.raises(KeyError), slp_vectorizer():
-        assert numba.config.SLP_VECTORIZE == 1
-        raise KeyError("a failed compile")
-    assert before == numba.config.SLP_VECTORIZE
-
-
-# After stage 08 is built (its kernels compiled with the SLP vectorizer on), a new function of straight-line
-# scalar code still compiles scalar: 08 changed nothing for the stages built after it in the same process.
-AFTER_08 = r"""
-import json, re, sys
-import numba, numpy as np
-from common import stages
-from common.weights import WeightStore
-before = numba.config.SLP_VECTORIZE
-stages.load("08").ResNet50(WeightStore(sys.argv[1], verify=False))
-@numba.njit(fastmath=True)
-def four(a, b):
-    b[0] = a[0] * 2.0; b[1] = a[1] * 2.0; b[2] = a[2] * 2.0; b[3] = a[3] * 2.0
-a = np.ones(4, np.float32); four(a, a.copy())
-asm = four.inspect_asm(four.signatures[0])
-print(json.dumps({"before": before, "after": numba.config.SLP_VECTORIZE,
-                  "packed": len(re.findall(r"vmulps", asm)), "scalar": len(re.findall(r"vmulss|vaddss", asm))}))
-"""
-
-
-@pytest.fixture(scope="module")
-def built08(s08, store):
-    """08 built once in this run's cache, so that children load it instead of compiling it again."""
-    return s08.ResNet50(store, threads=1)
-
-
-def test_building_08_leaves_how_other_code_compiles_unchanged(store, built08):
-    run = run_python("-c", AFTER_08, str(store.path), env={"NUMBA_SLP_VECTORIZE": "0"})
-    assert run.returncode == 0, run.stderr
-    found = last_json(run.stdout)
-    assert found["before"] == found["after"] == 0
-    assert found["packed"] == 0 and found["scalar"] == 4, found  # what numba makes of it without SLP
 
 
 def test_packed_weights_round_trip_to_the_originals(s08):
@@ -139,8 +99,7 @@ ODD_TILES = r"""
 import json, sys
 import numba, numpy as np
 from numba import njit, prange
-from common import isa, spec, stages
-from common.generated import slp_vectorizer
+from common import fma_tile, isa, spec, stages
 from common.reference import conv_reference
 
 s = stages.load("08")
@@ -157,9 +116,8 @@ for cin, cout, k, stride, pad, hw, residual, relu in cases:
     borders = {"odd_in": pad, "odd_out": 1}  # the output stored with a border, as for a 3x3 reader
     source = "\n\n".join([*(s.tile_source(step, n) for n in s.stored_channels(c)),
                           s.conv_source(step, ["odd"])]).replace("cache=True", "cache=False")
-    namespace = {"np": np, "njit": njit, "prange": prange, "FMA_ONLY": s.FMA_ONLY}
-    with slp_vectorizer():
-        exec(source, namespace)
+    namespace = {"np": np, "njit": njit, "prange": prange, "fma_tile": fma_tile}
+    exec(source, namespace)
     kernel = namespace[s.kernel_name(step)]
     n = 2
     x = rng.standard_normal((n, cin, hw, hw)).astype(np.float32)

@@ -10,7 +10,6 @@ from numba import njit, prange
 
 from common import spec, stages
 from common.errors import LadderError
-from common.generated import slp_vectorizer
 from common.reference import compare, conv_reference
 from tests.test_07_fused import stored
 
@@ -45,10 +44,10 @@ def run_layer(s09, step: spec.Step, x, w, bias, res, threads: int = 1):
 
     c = step.conv
     if not SHARED:
-        SHARED.update({"np": np, "njit": njit, "prange": prange, "FMA_ONLY": s09.FMA_ONLY})
+        SHARED.update({"np": np, "njit": njit, "prange": prange, "fma_tile": s09.fma_tile})
         SHARED.update({name: np.float32(k) for k, name in s09.NUMBERS.items()})
         shared = s09.tile_source(None)  # the sums stored as they are
-        exec(shared.replace("cache=True", "cache=False"), SHARED)
+        exec(shared, SHARED)
     namespace = dict(SHARED, winograd_ir=s09.winograd_ir)
     f = s09.winograd_form(c)
     vector_code = s09.transform_source(f, "in") + s09.transform_source(f, "out", step)
@@ -66,10 +65,9 @@ def run_layer(s09, step: spec.Step, x, w, bias, res, threads: int = 1):
     y = np.zeros((n, out_rows, out_width), np.float32)
     numba.set_num_threads(threads)
     more = [np.ascontiguousarray(res.transpose(0, 2, 3, 1)).reshape(n, c.h_out, -1)] if step.residual else []
-    with slp_vectorizer():  # as the stage compiles them
-        kin(xs, scratch)
-        kgemm(s09.winograd_panels(w, f), scratch, n)
-        kout(scratch, bias, y, *more, n)
+    kin(xs, scratch)
+    kgemm(s09.winograd_panels(w, f), scratch, n)
+    kout(scratch, bias, y, *more, n)
     inside = y[:, edge : edge + c.h_out, edge * c.cout : (edge + c.w_out) * c.cout]
     outside = y.copy()
     outside[:, edge : edge + c.h_out, edge * c.cout : (edge + c.w_out) * c.cout] = 0

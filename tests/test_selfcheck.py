@@ -97,7 +97,7 @@ from pathlib import Path
 from common import codegen_cache
 folder = Path(sys.argv[1])
 stage, digest = folder.name.rsplit("-", 1)
-codegen_cache.compile_here(folder, f"resnet50_generated_{stage}_{digest}", slp=False)
+codegen_cache.compile_here(folder, f"resnet50_generated_{stage}_{digest}")
 """
 
 

@@ -22,9 +22,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from common import isa, spec, winograd_ir
+from common import fma_tile, isa, spec, winograd_ir
 from common.arena import channels_last, pack_arrays
-from common.generated import GeneratedResNet50, activation, arena_view, docstring, local, plus, pool_view, split, times
+from common.generated import GeneratedResNet50, activation, arena_view, local, plus, pool_view, split, times
 from common.inputs import SHAPE
 
 # The tile for the register file numba compiles for (common.isa): pixels x vectors of output channels,
@@ -37,9 +37,6 @@ LANES = winograd_ir.lanes()  # channels per vector in the transforms' vector cod
 # A conv's items are cut into this many runs, and numba deals the runs out to its threads: 60 is an equal
 # share for 1 to 6 threads, and the thread count is not written into the code (one compile for any).
 PARTS = 60
-# fastmath without `reassoc`: FMAs contracted, but LLVM may not reorder the sums, so it leaves the tile's
-# loop alone and its SLP vectorizer packs the tile's scalars into vectors (with reassoc it vectorised
-# the sum with gathers: 10x slower).
 L2_BYTES = 1 << 20  # per core, on the machines measured (AMD Zen 4 and 5: 1 MiB)
 
 
@@ -82,7 +79,6 @@ FORMS = (F4, F2)  # the forms a conv may take, the first that fits
 SIZES = (4, 2)  # the output tile sizes used (the `winograd` switch: `make ablate` leaves 2, or both, out)
 SCRATCH_BYTES = 4 << 20  # a Winograd conv's transformed tiles and sums per pass (L2 is 1 MiB, L3 32)
 EFFECTIVE_RATE = True  # the bench counts direct-conv FLOPs over time: a rate that can pass the FMA peak
-FMA_ONLY = {"contract", "nsz", "nnan", "ninf", "arcp"}
 
 
 def conv_name(c: spec.Conv) -> str:
@@ -152,56 +148,17 @@ def tile_name(step: spec.Step | None, stored: int = PANEL, pixels: int = PIXELS)
 
 
 def tile_source(step: spec.Step | None, stored: int = PANEL, pixels: int = PIXELS) -> str:
-    """The micro-kernel: `pixels` output pixels x one panel of 64 output channels, held in registers
-    (`c{pixel}_{channel}`: pixels x VECTORS vector registers once LLVM's SLP vectorizer packs them) for the whole sum.
-    Each step of the sum loads the panel's 64 weights for one input float once (4 vectors) and
-    broadcasts each pixel's input float: pixels x 4 vector FMAs, no horizontal sum. Then 07's epilogue,
-    on the registers: + bias, + the residual, ReLU, the first `stored` channels into y.
-
-    x is the stored input, flat; at[0, r] is where pixel r's window starts in it: `taps` runs of `length`
-    floats (a kernel row's taps x input channels, contiguous channels-last), `row` apart, given in
-    window = (taps, row, length); w is the panel, (taps * length, 64), bias its 64 biases. at[1, r] is
-    where pixel r's channels go in y, at[2, r] where its residual is (y and res start at the panel's first
-    channel). (The window is read from an array rather than passed as numbers: given a conv's literals,
-    LLVM would compile a copy of this large function for each conv, minutes in all.)"""
-    channels, rows = range(PANEL), range(pixels)
-    res = ", res" if step and step.residual else ""
-    out = [
-        "@njit(cache=True, fastmath=FMA_ONLY)",
-        f"def {tile_name(step, stored, pixels)}(x, at, window, w, bias, y{res}):",
-        *docstring(
-            f"The micro-kernel, unrolled by the generator (tile_source): {pixels} pixels x {PANEL} output channels "
-            f"of sums as scalars c{{pixel}}_{{channel}}, which LLVM's SLP vectorizer packs into {pixels * VECTORS} "
-            f"vectors; per input float, {PANEL} weights loaded and {pixels} broadcast, {pixels * PANEL} multiply-adds. "
-            f"Then the store of the first {stored} channels: + bias{', + residual' if res else ''}"
-            f"{', ReLU' if step and step.relu else ''}."
-        ),
-        "    taps, row, length = window[0], window[1], window[2]",
-        *[f"    c{r}_{j} = np.float32(0.0)" for r in rows for j in channels],
-        "    for tap in range(taps):",
-        # Each pixel's run and the panel's rows for this tap as slices, indexed by i alone: numba adds its
-        # negative-index check to `x[a + i]` (a could be negative), 3 instructions per load in this loop.
-        *[f"        x{r} = x[at[0, {r}] + tap * row : at[0, {r}] + tap * row + length]" for r in rows],
-        "        wt = w[tap * length : (tap + 1) * length]",
-        "        for i in range(length):",
-        *[f"            w{j} = wt[i, {j}]" for j in channels],
-    ]
-    for r in rows:
-        out += [f"            p{r} = x{r}[i]", *[f"            c{r}_{j} += p{r} * w{j}" for j in channels]]
-    for r in rows:
-        value = [f"c{r}_{j} + bias[{j}]" + (f" + rr[{j}]" if res else "") for j in range(stored)]
-        if step and step.relu:
-            value = [f"max({v}, np.float32(0.0))" for v in value]
-        # Slices, so that every index is a literal (numba adds no negative-index check), and every pixel's
-        # loads before the first store: y is the residual's place (07's in-place output), and a short last
-        # tile repeats its last pixel, whose residual must be read before either copy is written. LLVM
-        # then sees each pixel's 64 loads, sums and stores side by side and makes vectors of them.
-        out += [f"    rr = res[at[2, {r}] : at[2, {r}] + {stored}]"] if res else []
-        out += [f"    v{r}_{j} = {v}" for j, v in enumerate(value)]
-    for r in rows:
-        out += [f"    yr = y[at[1, {r}] : at[1, {r}] + {stored}]"]
-        out += [f"    yr[{j}] = v{r}_{j}" for j in range(stored)]
-    return "\n".join(out) + "\n"
+    """The micro-kernel, a line of the generated module: `pixels` output pixels x one panel of 64 output
+    channels, held in pixels x 4 vector registers for the whole sum (common/fma_tile.py). Each step of
+    the sum loads the panel's 64 weights for one input float once (4 vectors) and broadcasts each pixel's
+    input float: pixels x 4 vector FMAs, no horizontal sum. Then 07's epilogue, on the registers: + bias,
+    + the residual, ReLU, the first `stored` channels into y (step None: the sums as they are, for the
+    Winograd GEMMs, with a zero bias). numba has no vector types, so the tile is LLVM IR, built once per
+    epilogue and inlined into each kernel that calls it as `tile(x, at, window, w, bias, y[, res])`: where
+    each pixel's window starts, and its output and its residual go, are in `at`; the window's shape
+    (taps, floats between them, floats in each) in `window`."""
+    store = f"relu={bool(step and step.relu)}, residual={bool(step and step.residual)}"
+    return f"{tile_name(step, stored, pixels)} = fma_tile.tile({pixels}, {VECTORS}, {stored}, {store})\n"
 
 
 def tiles_first(c: spec.Conv, order: str = "by size", weights: int | None = None) -> bool:
@@ -683,13 +640,13 @@ def generate(
     if transforms:  # the GEMMs' sums, stored as they are
         tiles[tile_name(None, PANEL, pixels)] = (None, PANEL)
     parts = [
-        "import numpy as np\nfrom numba import njit, prange\n\nfrom common import winograd_ir\n\n"
-        f"FMA_ONLY = {{{', '.join(map(repr, sorted(FMA_ONLY)))}}}\n"
+        "import numpy as np\nfrom numba import njit, prange\n\nfrom common import fma_tile, winograd_ir\n\n"
         f"{', '.join(NUMBERS.values())} = {', '.join(f'np.float32({k})' for k in NUMBERS)}\n"
         f"# The transforms' vector code: common/winograd_ir.py as of sha256 {winograd_ir.source_digest()}\n"
         + "".join(vector_code.values()),
         entry_source(),
-        *(tile_source(step, stored, pixels) for step, stored in tiles.values()),
+        f"# The micro-kernel, one per epilogue: common/fma_tile.py as of sha256 {fma_tile.source_digest()}\n"
+        + "".join(tile_source(step, stored, pixels) for step, stored in tiles.values()),
         *(conv_source(steps[0], [s.name for s in steps], pixels, order) for steps in kernels.values()),
         *transforms.values(),
         *(maxpool_source(s) if s.op == "maxpool" else avgpool_source(s) for s in pools),
@@ -752,8 +709,6 @@ ABLATIONS = {
 
 
 class ResNet50(GeneratedResNet50):
-    slp_vectorize = True  # the tile's scalars become vectors only with LLVM's SLP vectorizer
-
     def __init__(
         self, weights, max_batch: int = 1, threads: int | None = None, whole_batch_from: str | None = WHOLE_BATCH_FROM,
         **switches
