@@ -29,6 +29,7 @@ from bench.chart import publish, save_figure
 from bench.measure import Entry, Judge, prepare, time_latency, time_throughput
 from bench.regression import machine_key
 from bench.report import fmt_ms, md
+from bench.run import Contention
 from common import stages
 from common.errors import LadderError
 from common.files import signals_held, write_atomic
@@ -43,7 +44,7 @@ END = "<!-- ablation:end -->"
 WHOLE = "the stage as written"
 
 
-def measure(stage: str, budget_s: float, max_repeats: int) -> dict:
+def measure(stage: str, budget_s: float, max_repeats: int, contention: Contention) -> dict:
     info = stages.find(stage)
     module = stages.load(info)
     ablations = getattr(module, "ABLATIONS", None)
@@ -65,11 +66,13 @@ def measure(stage: str, budget_s: float, max_repeats: int) -> dict:
         return Entry(name, name, "stage", 1, make, precision=precision, judged_by=precision)
 
     entries = [variant(WHOLE, {})] + [variant(name, switches) for name, switches in ablations.items()]
+    contention.check("start")
     for entry in tqdm(entries, desc="build, compile, judge", unit="variant", leave=False, disable=None):
         prepare(entry, images, judge)
     time_latency(entries, images, judge, budget_s, max_repeats, f"ablate {info.name}")
     for entry in tqdm(entries, desc=f"ablate {info.name}, batch of {BATCH}", unit="variant", leave=False, disable=None):
         time_throughput(entry, images, judge, BATCH, budget_s, 3)
+    contention.check("end")
     whole = entries[0]
     if not whole.latency_s:
         raise LadderError(f"{info.name}: the stage as written could not be timed ({whole.status}: {whole.message})")
@@ -92,6 +95,7 @@ def measure(stage: str, budget_s: float, max_repeats: int) -> dict:
         "machine": machine.describe(1),
         "images": [p.name for p in used],
         "rows": rows,
+        "contention": contention.summary(),
     }
 
 
@@ -155,11 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     try:
-        data = measure(args.stage, 4.0 if args.quick else 15.0, 4 if args.quick else 20)
+        contention = Contention(machine.usable_cores())  # another process on a core slows even 1 thread (L3)
+        data = measure(args.stage, 4.0 if args.quick else 15.0, 4 if args.quick else 20, contention)
         print(table(data))
         if args.quick:  # a few repeats are a look, not a record: NOTES.md quotes full runs only
             print("ablate: quick run: NOTES.md and results/ left as they are (run without QUICK=1 to record)")
             return 0
+        if contention.busy:
+            print(f"ablate: {contention.reason}: NOTES.md and results/ left as they are; run again when it is quiet")
+            return 1
         notes = stages.find(args.stage).folder / "NOTES.md"
         text = notes_text(notes, data)
         figure = chart(data, args.out / f"ablate-{data['stage']}.png")

@@ -10,6 +10,20 @@ unless the user chose a layer with NUMBA_THREADING_LAYER or NUMBA_THREADING_LAYE
 import os
 import sys
 
+
+def _interrupted(kind, value, traceback, previous=sys.excepthook) -> None:
+    """A Ctrl-C that no command caught, e.g. while Python was still importing numba or matplotlib for it: one
+    line, not a traceback (the commands that write catch it themselves and say what they left)."""
+    if issubclass(kind, KeyboardInterrupt):
+        argv = sys.orig_argv
+        command = f"python -m {argv[argv.index('-m') + 1]}" if "-m" in argv[:-1] else "python"
+        print(f"\n{command}: interrupted", file=sys.stderr)
+    else:
+        previous(kind, value, traceback)
+
+
+sys.excepthook = _interrupted  # first thing, before the slow imports below and in every command
+
 # numba reads NUMBA_NUM_THREADS when it is imported and answers a bad value with a traceback: one line instead.
 _threads = os.environ.get("NUMBA_NUM_THREADS")
 if _threads is not None and not (_threads.strip().isdigit() and int(_threads) >= 1):

@@ -247,6 +247,33 @@ def test_the_ablation_table_shows_latency_and_batch_throughput_and_replaces_its_
     assert twice.count(ablate.END) == 1 and "2.00x" in twice and "The idea." in twice
 
 
+def test_an_ablation_on_a_busy_machine_prints_its_table_and_records_nothing(tmp_path, monkeypatch, capsys):
+    from bench import ablate
+
+    notes = tmp_path / "NOTES.md"
+    notes.write_text("# 08\n")
+
+    class Busy:
+        busy, reason = True, "the machine was busy during the run (2 threads at 41% of one thread's speed)"
+
+        def __init__(self, cores: int) -> None:
+            pass
+
+        def summary(self) -> dict:
+            return {"busy": True}
+
+    row = {"name": ablate.WHOLE, "switches": {}, "status": "ok", "median_ms": 40.0, "min_ms": 39.0, "slowdown": 1.0}
+    data = {"stage": "08_microkernel", "key": "08", "created": "2026-12-02T01:00:00+0000", "images": ["cat.png"],
+            "machine": {"cpu": {"model": "Test CPU", "usable_cpus": 2}, "git_commit": "abc1234"}, "rows": [row]}
+    monkeypatch.setattr(ablate, "Contention", Busy)
+    monkeypatch.setattr(ablate, "measure", lambda *args: data)
+    monkeypatch.setattr(ablate.stages, "find", lambda key: type("Info", (), {"folder": tmp_path})())
+    assert ablate.main(["--stage", "08", "--out", str(tmp_path / "results")]) == 1
+    out = capsys.readouterr().out
+    assert "| **the stage as written** |" in out and "busy" in out.splitlines()[-1] and "left as they are" in out
+    assert notes.read_text() == "# 08\n" and not (tmp_path / "results").exists()
+
+
 def test_int8_rows_are_marked_drawn_against_the_int8_peak_and_carry_their_agreement(small_results, tmp_path):
     from tests.conftest import entry
 

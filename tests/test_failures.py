@@ -188,6 +188,24 @@ def test_an_interrupted_bench_keeps_earlier_results_and_writes_no_partial_file(s
         assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_ctrl_c_while_a_command_is_still_importing_is_one_line():
+    """`python -m bench.run` spends its first second importing numba, numpy and matplotlib, before its own
+    handler is in place: a Ctrl-C then is one line, not a traceback (common's sys.excepthook)."""
+    landed = 0
+    for delay in (0.2, 0.3, 0.45, 0.6):
+        command = start_python("-m", "bench.run", "--help")
+        time.sleep(delay)
+        command.send_signal(signal.SIGINT)
+        _, err = command.communicate(timeout=60)
+        if command.returncode == 0:
+            continue  # it was done importing already
+        assert "Traceback" not in err, (delay, err)
+        assert err.strip().splitlines() == ["python -m bench.run: interrupted"], (delay, err)
+        assert command.returncode in (130, -signal.SIGINT), command.returncode
+        landed += 1
+    assert landed, "every Ctrl-C came after the imports: none was tested"
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
     latest = tmp_path / "latest.json"
     latest.write_text("old\n")
