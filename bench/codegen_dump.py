@@ -28,8 +28,11 @@ def main(argv: list[str] | None = None) -> int:
                 source = module.ResNet50(ShapesOnly()).source
             path = args.out / f"{info.name}.py"
             path.write_text(source, encoding="utf-8")
-            kernels = len(re.findall(r"^def ", source, re.M))
-            print(f"{path}: {len(source.splitlines())} lines, {kernels} functions (search for a layer's name)")
+            functions = len(re.findall(r"^def ", source, re.M))
+            # The kernels written as LLVM IR (common/fma_tile.py, vnni.py, winograd_ir.py): a line each.
+            built = len(re.findall(r"^\w+ = (?:fma_tile|vnni|winograd_ir)\.\w+\(", source, re.M))
+            ir = f" and {built} kernels of LLVM IR" if built else ""
+            print(f"{path}: {len(source.splitlines())} lines, {functions} functions{ir} (search for a layer's name)")
     except LadderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

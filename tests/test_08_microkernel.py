@@ -52,20 +52,20 @@ def test_the_tile_is_packed_fmas_on_broadcast_inputs_with_nothing_spilled(s08):
     def tile(x, at, window, w, bias, y, res):  # the intrinsic inlined into a function, as in a conv kernel
         micro_kernel(x, at, window, w, bias, y, res)
 
-    k, pixels, lanes = 32, s08.PIXELS, 2 * panel  # two panels: the tile computes the second
+    k, pixels, channels = 32, s08.PIXELS, 2 * panel  # two panels: the tile computes the second
     x = rng.standard_normal(pixels * k).astype(np.float32)
     at = np.zeros((3, pixels), np.int64)
     at[0] = np.arange(pixels) * k
-    at[1], at[2] = np.arange(pixels) * lanes + panel, np.arange(pixels)[::-1] * lanes + panel  # the second panel
+    at[1], at[2] = np.arange(pixels) * channels + panel, np.arange(pixels)[::-1] * channels + panel  # the second panel
     w = rng.standard_normal((2, k, panel)).astype(np.float32)
-    bias = rng.standard_normal(lanes).astype(np.float32)
-    res = rng.standard_normal(pixels * lanes).astype(np.float32)
-    y = np.full(pixels * lanes, np.nan, np.float32)
+    bias = rng.standard_normal(channels).astype(np.float32)
+    res = rng.standard_normal(pixels * channels).astype(np.float32)
+    y = np.full(pixels * channels, np.nan, np.float32)
     tile(x, at, np.array([1, 0, k]), w[1], bias[panel:], y, res)
     # It computes the GEMM and the epilogue, into the second panel's channels of each pixel and nowhere else.
-    want = x.reshape(pixels, k) @ w[1] + bias[panel:] + res.reshape(pixels, lanes)[::-1, panel:]
-    np.testing.assert_allclose(y.reshape(pixels, lanes)[:, panel:], np.maximum(want, 0), rtol=1e-5, atol=1e-5)
-    assert np.isnan(y.reshape(pixels, lanes)[:, :panel]).all()
+    want = x.reshape(pixels, k) @ w[1] + bias[panel:] + res.reshape(pixels, channels)[::-1, panel:]
+    np.testing.assert_allclose(y.reshape(pixels, channels)[:, panel:], np.maximum(want, 0), rtol=1e-5, atol=1e-5)
+    assert np.isnan(y.reshape(pixels, channels)[:, :panel]).all()
     if not target.fma:
         pytest.skip(f"{target.describe()}: no FMA instruction to look for (the tile's numbers were checked)")
     asm = tile.inspect_asm(tile.signatures[0])

@@ -7,7 +7,7 @@ the panel's 64 weights are loaded once (4 vectors) and each pixel's input is bro
 no horizontal sum. (That is AVX-512's tile; the tile is sized for the registers of the target numba
 compiles for, common.isa: AVX2 gets 5 pixels x 16 channels.) The weights are packed at construction in
 the order the tile reads them (panels of 64 output channels, taps and input channels major); a batch is
-more pixels of the same GEMM; each thread takes an equal share of the (panel, pixel tile) items. The
+more pixels of the same GEMM; each thread takes an equal share of the (block of pixels, panel) items. The
 store is 07's epilogue, on the tile's registers. (And one switch of the harness for batches: several
 images run image by image through layer1 and layer2, where the activations are large.)
 
@@ -90,7 +90,7 @@ def tile_source(step: spec.Step, stored: int = PANEL, pixels: int = PIXELS) -> s
 
 
 def tiles_first(c: spec.Conv, order: str = "by size") -> bool:
-    """The order of a conv's items. Tile by tile (each pixel tile through every panel) when all the
+    """The order of a conv's items. Tile by tile (each block of pixels through every panel) when all the
     conv's weights fit in half of L2: a tile's input stays in L1 and each pixel's channels are written
     in one go. Otherwise panel by panel, so one panel's weights stay in L2 while every tile passes.
     (`order` "tiles" or "panels" forces one, for `make ablate`.)"""
@@ -104,7 +104,7 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
     (n, rows, floats per row), w in panels (CO / 64, K * K * C, 64) with BatchNorm folded in, bias (CO,).
 
     The conv is a GEMM: (output pixels of the whole batch) x (K * K * C) times (K * K * C) x CO. Its
-    items are (pixel tile, panel) pairs, cut into one run of consecutive items per thread of numba's
+    items are (block of 6 pixels, panel) pairs, cut into one run of consecutive items per thread of numba's
     pool, so the threads' shares differ by one tile at most whatever the layer's shape (on fewer threads
     than the pool has, a thread runs several runs)."""
     c = step.conv
@@ -118,7 +118,7 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
     hw = c.h_out * c.w_out
     oh, ow = f"(q // {c.w_out})", f"(q % {c.w_out})"
     where = [
-        f"p = min({plus('first', 'r')}, pixels - 1)  # a short last tile repeats (and stores) its last pixel",
+        f"p = min({plus('first', 'r')}, batch_pixels - 1)  # a short last block repeats (and stores) its last pixel",
         f"img, q = p // {hw}, p % {hw}",
         f"at[0, r] = img * {rows * row} + {times(plus(times(oh, c.stride), shift), row)}"
         f" + {times(plus(times(ow, c.stride), shift), c.cin)}",
@@ -126,7 +126,7 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f" + {times(plus(ow, edge), c.cout)}",
         *([f"at[2, r] = p * {c.cout}"] if res else []),
     ]
-    tile, panel = split("item", panels) if tiles_first(c, order) else split("item", "tiles")[::-1]
+    block, panel = split("item", panels) if tiles_first(c, order) else split("item", "blocks")[::-1]
     args = f"(xs, at, window, w[{panel}], bias[co : co + {PANEL}], ys[co:]{', rs[co:]' if res else ''})"
     call = [tile_name(step, min(c.cout, PANEL), pixels) + args]
     if c.cout > PANEL and c.cout % PANEL:
@@ -134,9 +134,9 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
                 "    " + tile_name(step, c.cout % PANEL, pixels) + args]  # fmt: skip
     once = tiles_first(c, order) and panels > 1
     body = [
-        f"first = {times(tile, pixels)}",
+        f"first = {times(block, pixels)}",
         f"co = {times(panel, PANEL)}",
-        *(["if co == 0 or item == start:  # a new tile: its pixels' places"] if once else []),
+        *(["if co == 0 or item == start:  # a new block: its pixels' places"] if once else []),
         f"{'    ' if once else ''}for r in range({pixels}):",
         *[("        " if once else "    ") + w for w in where],
         *call,
@@ -148,9 +148,10 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f'stride {c.stride}, padding {c.pad}; BatchNorm folded{", + residual" if res else ""}'
         f'{", ReLU" if step.relu else ""}{f", stored with a border of {edge}" if edge else ""}'
         f': {", ".join(layers)}."""',
-        f"    pixels = x.shape[0] * {hw}  # the GEMM's rows: a batch is more pixels",
-        f"    tiles = (pixels + {pixels - 1}) // {pixels}",
-        f"    items = {times('tiles', panels)}  # {'tile by tile' if tiles_first(c, order) else 'panel by panel'}",
+        f"    batch_pixels = x.shape[0] * {hw}  # the GEMM's rows: a batch is more pixels",
+        f"    blocks = (batch_pixels + {pixels - 1}) // {pixels}  # the rows in blocks of {pixels}, one tile's",
+        f"    items = {times('blocks', panels)}  # (block, panel) pairs, "
+        f"{'tile by tile' if tiles_first(c, order) else 'panel by panel'}",
         f"    parts = min({PARTS}, items)  # runs of consecutive items, shared out among the threads",
         f"    ats = np.empty((parts, 3, {pixels}), np.int64)  # where each pixel's input, output, residual are",
         "    xs, ys = x.reshape(-1), y.reshape(-1)",

@@ -162,7 +162,7 @@ def tile_source(step: spec.Step | None, stored: int = PANEL, pixels: int = PIXEL
 
 
 def tiles_first(c: spec.Conv, order: str = "by size", weights: int | None = None) -> bool:
-    """The order of a conv's items. Tile by tile (each pixel tile through every panel) when all the
+    """The order of a conv's items. Tile by tile (each block of pixels through every panel) when all the
     conv's weights fit in half of L2: a tile's input stays in L1 and each pixel's channels are written
     in one go. Otherwise panel by panel, so one panel's weights stay in L2 while every tile passes.
     (`order` "tiles" or "panels" forces one, for `make ablate`.)"""
@@ -176,7 +176,7 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
     (n, rows, floats per row), w in panels (CO / 64, K * K * C, 64) with BatchNorm folded in, bias (CO,).
 
     The conv is a GEMM: (output pixels of the whole batch) x (K * K * C) times (K * K * C) x CO. Its
-    items are (pixel tile, panel) pairs, cut into one run of consecutive items per thread of numba's
+    items are (block of 6 pixels, panel) pairs, cut into one run of consecutive items per thread of numba's
     pool, so the threads' shares differ by one tile at most whatever the layer's shape (on fewer threads
     than the pool has, a thread runs several runs)."""
     c = step.conv
@@ -190,7 +190,7 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
     hw = c.h_out * c.w_out
     oh, ow = f"(q // {c.w_out})", f"(q % {c.w_out})"
     where = [
-        f"p = min({plus('first', 'r')}, pixels - 1)  # a short last tile repeats (and stores) its last pixel",
+        f"p = min({plus('first', 'r')}, batch_pixels - 1)  # a short last block repeats (and stores) its last pixel",
         f"img, q = p // {hw}, p % {hw}",
         f"at[0, r] = img * {rows * row} + {times(plus(times(oh, c.stride), shift), row)}"
         f" + {times(plus(times(ow, c.stride), shift), c.cin)}",
@@ -198,7 +198,7 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f" + {times(plus(ow, edge), c.cout)}",
         *([f"at[2, r] = p * {c.cout}"] if res else []),
     ]
-    tile, panel = split("item", panels) if tiles_first(c, order) else split("item", "tiles")[::-1]
+    block, panel = split("item", panels) if tiles_first(c, order) else split("item", "blocks")[::-1]
     args = f"(xs, at, window, w[{panel}], bias[co : co + {PANEL}], ys[co:]{', rs[co:]' if res else ''})"
     call = [tile_name(step, min(c.cout, PANEL), pixels) + args]
     if c.cout > PANEL and c.cout % PANEL:
@@ -206,9 +206,9 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
                 "    " + tile_name(step, c.cout % PANEL, pixels) + args]  # fmt: skip
     once = tiles_first(c, order) and panels > 1
     body = [
-        f"first = {times(tile, pixels)}",
+        f"first = {times(block, pixels)}",
         f"co = {times(panel, PANEL)}",
-        *(["if co == 0 or item == start:  # a new tile: its pixels' places"] if once else []),
+        *(["if co == 0 or item == start:  # a new block: its pixels' places"] if once else []),
         f"{'    ' if once else ''}for r in range({pixels}):",
         *[("        " if once else "    ") + w for w in where],
         *call,
@@ -220,9 +220,10 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f'stride {c.stride}, padding {c.pad}; BatchNorm folded{", + residual" if res else ""}'
         f'{", ReLU" if step.relu else ""}{f", stored with a border of {edge}" if edge else ""}'
         f': {", ".join(layers)}."""',
-        f"    pixels = x.shape[0] * {hw}  # the GEMM's rows: a batch is more pixels",
-        f"    tiles = (pixels + {pixels - 1}) // {pixels}",
-        f"    items = {times('tiles', panels)}  # {'tile by tile' if tiles_first(c, order) else 'panel by panel'}",
+        f"    batch_pixels = x.shape[0] * {hw}  # the GEMM's rows: a batch is more pixels",
+        f"    blocks = (batch_pixels + {pixels - 1}) // {pixels}  # the rows in blocks of {pixels}, one tile's",
+        f"    items = {times('blocks', panels)}  # (block, panel) pairs, "
+        f"{'tile by tile' if tiles_first(c, order) else 'panel by panel'}",
         f"    parts = min({PARTS}, items)  # runs of consecutive items, shared out among the threads",
         f"    ats = np.empty((parts, 3, {pixels}), np.int64)  # where each pixel's input, output, residual are",
         "    xs, ys = x.reshape(-1), y.reshape(-1)",
@@ -254,11 +255,11 @@ def combination(coefficients: list[int], names: list[str]) -> str:
 def transform(m: list[list[int]], given: str, between: str, out: str) -> list[str]:
     """Lines computing out = m @ given @ m^T, one element each, through `between` = m @ given (given is a
     square grid of named locals, given0_0 ..., as wide as m)."""
-    rows, points = len(m), len(m[0])
+    size, points = len(m), len(m[0])  # the output side, the input side
     lines = [f"{between}{i}_{j} = {combination(m[i], [f'{given}{k}_{j}' for k in range(points)])}"
-             for i in range(rows) for j in range(points)]  # fmt: skip
+             for i in range(size) for j in range(points)]  # fmt: skip
     lines += [f"{out}{i}_{j} = {combination(m[j], [f'{between}{i}_{k}' for k in range(points)])}"
-              for i in range(rows) for j in range(rows)]  # fmt: skip
+              for i in range(size) for j in range(size)]  # fmt: skip
     return lines
 
 
@@ -328,13 +329,13 @@ def winograd_in_source(step: spec.Step) -> str:
 
 def winograd_gemm_source(step: spec.Step, pixels: int = PIXELS, order: str = "by size") -> str:
     """The 36 GEMMs (F(2x2): 16), on 08's micro-kernel: for each point e, m[:, e] (tiles x CO) = v[:, e] (tiles x C) @
-    u[e] (C x CO). A tile of the micro-kernel is 6 Winograd tiles x 64 output channels; its window is one
-    run of C floats."""
+    u[e] (C x CO). The GEMM's rows are Winograd tiles, in blocks of 6 for the micro-kernel (a register tile
+    of 6 rows x 64 output channels); a row's window is one run of C floats."""
     c = step.conv
     per_image, padded = winograd_shapes(c)
     panels = padded // PANEL
     weights = c.cin * padded * 4  # bytes of one point's u
-    tile, panel = split("g", panels) if tiles_first(c, order, weights) else split("g", "groups")[::-1]
+    block, panel = split("g", panels) if tiles_first(c, order, weights) else split("g", "blocks")[::-1]
     points = winograd_form(c).points ** 2
     return "\n".join(
         [
@@ -345,8 +346,8 @@ def winograd_gemm_source(step: spec.Step, pixels: int = PIXELS, order: str = "by
             f"    tiles = n * {per_image}",
             f"    v = scratch[: {points} * tiles * {c.cin}]",
             f"    m = scratch[{points} * tiles * {c.cin} : {points} * tiles * {c.cin + padded}]",
-            f"    groups = (tiles + {pixels - 1}) // {pixels}",
-            f"    items = {points} * {times('groups', panels)}  # point by point, then "
+            f"    blocks = (tiles + {pixels - 1}) // {pixels}  # the rows in blocks of {pixels}, one register tile's",
+            f"    items = {points} * {times('blocks', panels)}  # point by point, then "
             f"{'tile by tile' if tiles_first(c, order, weights) else 'panel by panel'}",
             f"    parts = min({PARTS}, items)  # runs of consecutive items, shared out among the threads",
             f"    ats = np.empty((parts, 3, {pixels}), np.int64)  # where each tile's input and sums are",
@@ -355,11 +356,11 @@ def winograd_gemm_source(step: spec.Step, pixels: int = PIXELS, order: str = "by
             "    for part in prange(parts):  # numba gives each thread an equal share of the runs",
             "        at = ats[part]",
             "        for item in range(part * items // parts, (part + 1) * items // parts):",
-            f"            e, g = {', '.join(split('item', times('groups', panels)))}",
-            f"            first = {times(tile, pixels)}",
+            f"            e, g = {', '.join(split('item', times('blocks', panels)))}",
+            f"            first = {times(block, pixels)}",
             f"            co = {times(panel, PANEL)}",
             f"            for r in range({pixels}):",
-            "                t = min(first + r, tiles - 1)  # a short last group repeats its last tile",
+            "                t = min(first + r, tiles - 1)  # a short last block repeats its last tile",
             f"                at[0, r] = (t * {points} + e) * {c.cin}",
             f"                at[1, r] = (t * {points} + e) * {padded} + co",
             f"            {tile_name(None, PANEL, pixels)}(v, at, window, u[e, {panel}], zero, m)",

@@ -124,7 +124,7 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
     hw = c.h_out * c.w_out
     oh, ow = f"(q // {c.w_out})", f"(q % {c.w_out})"
     where = [
-        f"p = min({plus('first', 'r')}, pixels - 1)  # a short last tile repeats (and stores) its last pixel",
+        f"p = min({plus('first', 'r')}, batch_pixels - 1)  # a short last block repeats (and stores) its last pixel",
         f"img, q = p // {hw}, p % {hw}",
         f"at[0, r] = img * {rows * row} + {times(plus(times(oh, c.stride), shift), row)}"
         f" + {times(plus(times(ow, c.stride), shift), cin)}",
@@ -132,14 +132,14 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f" + {times(plus(ow, edge), c.cout)}",
         *([f"at[2, r] = p * {c.cout}"] if res else []),
     ]
-    tile, panel = split("item", panels) if tiles_first(c, order) else split("item", "tiles")[::-1]
+    block, panel = split("item", panels) if tiles_first(c, order) else split("item", "blocks")[::-1]
     body = [
-        f"tile, panel = {tile}, {panel}",
-        "if tile != placed:  # the pixels' places, once per pixel tile (its panels follow one another)",
-        f"    first = {times('tile', pixels)}",
+        f"block, panel = {block}, {panel}",
+        "if block != placed:  # the pixels' places, once per block (its panels follow one another)",
+        f"    first = {times('block', pixels)}",
         f"    for r in range({pixels}):",
         *["        " + w for w in where],
-        "    placed = tile",
+        "    placed = block",
         f"{tile_name(step, pixels)}(xs, at, window, w, panel, bias, scale, quant, ys{', rs' if res else ''})",
     ]
     out = [
@@ -148,9 +148,10 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
         f'    """{c.cin}x{c.h_in}x{c.w_in} -> {c.cout}x{c.h_out}x{c.w_out}, {c.kernel}x{c.kernel} conv, '
         f'stride {c.stride}, padding {c.pad}, int8{", + residual" if res else ""}'
         f'{f", stored with a border of {edge}" if edge else ""}: {", ".join(layers)}."""',
-        f"    pixels = x.shape[0] * {hw}  # the GEMM's rows: a batch is more pixels",
-        f"    tiles = (pixels + {pixels - 1}) // {pixels}",
-        f"    items = {times('tiles', panels)}  # {'tile by tile' if tiles_first(c, order) else 'panel by panel'}",
+        f"    batch_pixels = x.shape[0] * {hw}  # the GEMM's rows: a batch is more pixels",
+        f"    blocks = (batch_pixels + {pixels - 1}) // {pixels}  # the rows in blocks of {pixels}, one tile's",
+        f"    items = {times('blocks', panels)}  # (block, panel) pairs, "
+        f"{'tile by tile' if tiles_first(c, order) else 'panel by panel'}",
         f"    parts = min({PARTS}, items)  # runs of consecutive items, shared out among the threads",
         f"    ats = np.empty((parts, 3, {pixels}), np.int64)  # where each pixel's input, output, residual are",
         "    xs, ys = x.reshape(-1), y.reshape(-1)",
