@@ -77,22 +77,22 @@ def tile_name(step: spec.Step, stored: int = PANEL, pixels: int = PIXELS) -> str
 
 
 def tile_source(step: spec.Step, stored: int = PANEL, pixels: int = PIXELS) -> str:
-    """The micro-kernel, a line of the generated module: `pixels` output pixels x one panel of 64 output
-    channels, held in pixels x 4 vector registers for the whole sum (common/fma_tile.py). Each step of
-    the sum loads the panel's 64 weights for one input float once (4 vectors) and broadcasts each pixel's
-    input float: pixels x 4 vector FMAs, no horizontal sum. Then 07's epilogue, on the registers: + bias,
-    + the residual, ReLU, the first `stored` channels into y. numba has no vector types, so the tile is
-    LLVM IR, built once per epilogue and inlined into each conv kernel that calls it as
-    `tile(x, at, window, w, bias, y[, res])`: where each pixel's window starts, and its output and its
-    residual go, are in `at`; the window's shape (taps, floats between them, floats in each) in `window`."""
+    """The micro-kernel, a line of the generated module: `pixels` output pixels x one panel of 64 output channels,
+    held in pixels x VECTORS vector registers for the whole sum (common/fma_tile.py). Each step of the sum loads
+    the panel's 64 weights for one input float once (VECTORS vectors: 4 on AVX-512) and broadcasts each pixel's
+    input float: pixels x VECTORS vector FMAs, no horizontal sum. Then 07's epilogue, on the registers: + bias,
+    + the residual, ReLU, the first `stored` channels into y. numba has no vector types, so the tile is LLVM IR,
+    built once per epilogue and inlined into each conv kernel that calls it as `tile(x, at, window, w, bias, y[,
+    res])`: where each pixel's window starts, and its output and its residual go, are in `at`; the window's
+    shape (taps, floats between them, floats in each) in `window`."""
     store = f"relu={step.relu}, residual={bool(step.residual)}"
     return f"{tile_name(step, stored, pixels)} = fma_tile.tile({pixels}, {VECTORS}, {stored}, {store})\n"
 
 
 def tiles_first(c: spec.Conv, order: str = "by size") -> bool:
     """The order of a conv's items. Tile by tile (each block of pixels through every panel) when all the
-    conv's weights fit in half of L2: a tile's input stays in L1 and each pixel's channels are written
-    in one go. Otherwise panel by panel, so one panel's weights stay in L2 while every tile passes.
+    conv's weights fit in half of L2: a block's input stays in L1 and each pixel's channels are written
+    in one go. Otherwise panel by panel, so one panel's weights stay in L2 while every block passes.
     (`order` "tiles" or "panels" forces one, for `make ablate`.)"""
     if order != "by size":
         return order == "tiles"
@@ -104,8 +104,8 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
     (n, rows, floats per row), w in panels (CO / 64, K * K * C, 64) with BatchNorm folded in, bias (CO,).
 
     The conv is a GEMM: (output pixels of the whole batch) x (K * K * C) times (K * K * C) x CO. Its
-    items are (block of 6 pixels, panel) pairs, cut into one run of consecutive items per thread of numba's
-    pool, so the threads' shares differ by one tile at most whatever the layer's shape (on fewer threads
+    items are (block of `pixels` pixels, panel) pairs, cut into one run of consecutive items per thread of
+    numba's pool, so the threads' shares differ by one item at most whatever the layer's shape (on fewer threads
     than the pool has, a thread runs several runs)."""
     c = step.conv
     res = ", res" if step.residual else ""
