@@ -32,15 +32,10 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from common import isa
-from common.llvm_ir import I64, data, digest, load_at, splat
+from common.llvm_ir import I64, data, digest, lanes, load_at, splat
 
 CONTRACT = ("contract",)
 
-
-def lanes() -> int:
-    """fp32 lanes per vector on the target numba compiles for (16 with AVX-512, 8 with AVX2, 4 on NEON)."""
-    return isa.target().vector_floats
 
 
 @cache

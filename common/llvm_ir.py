@@ -9,7 +9,15 @@ from pathlib import Path
 
 from llvmlite import ir
 
+from common import isa
+
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+
+
+def lanes() -> int:
+    """32-bit lanes per vector register on the target numba compiles for (common.isa): floats or int32 sums,
+    16 with AVX-512, 8 with AVX2, 4 on NEON and SSE."""
+    return isa.target().vector_floats
 
 
 def data(context, builder: ir.IRBuilder, typ, value) -> ir.Value:

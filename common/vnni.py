@@ -25,11 +25,7 @@ from numba.extending import intrinsic
 
 from common import isa
 from common.llvm_ir import I8, I32, I64, data, digest, load_at, splat
-
-
-def lanes() -> int:
-    """int32 lanes per vector register on the target: 16 on AVX-512, 8 on AVX2, 4 on NEON and SSE."""
-    return isa.target().vector_floats
+from common.llvm_ir import lanes as lanes  # int32 lanes per vector (bench/peak.py and the tests read it here)
 
 
 def instruction(target: isa.Target | None = None) -> str | None:

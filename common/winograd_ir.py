@@ -24,13 +24,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from common import isa
-from common.llvm_ir import I64, data, digest
-
-
-def lanes() -> int:
-    """Channels per vector on the target numba compiles for (16 with AVX-512, 8 with AVX2)."""
-    return isa.target().vector_floats
+from common.llvm_ir import I64, data, digest, lanes
 
 
 def _combination(builder: ir.IRBuilder, row: tuple, values: list, vector: ir.VectorType) -> ir.Value:

@@ -329,8 +329,8 @@ def winograd_in_source(step: spec.Step) -> str:
 
 def winograd_gemm_source(step: spec.Step, pixels: int = PIXELS, order: str = "by size") -> str:
     """The 36 GEMMs (F(2x2): 16), on 08's micro-kernel: for each point e, m[:, e] (tiles x CO) = v[:, e] (tiles x C) @
-    u[e] (C x CO). The GEMM's rows are Winograd tiles, in blocks of 6 for the micro-kernel (a register tile
-    of 6 rows x 64 output channels); a row's window is one run of C floats."""
+    u[e] (C x CO). The GEMM's rows are Winograd tiles, in blocks of `pixels` for the micro-kernel (a register
+    tile of `pixels` rows x one panel of output channels); a row's window is one run of C floats."""
     c = step.conv
     per_image, padded = winograd_shapes(c)
     panels = padded // PANEL
