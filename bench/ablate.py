@@ -30,7 +30,7 @@ from bench.measure import Entry, Judge, prepare, time_latency, time_throughput
 from bench.regression import machine_key
 from bench.report import fmt_ms, md
 from bench.run import Contention
-from common import stages
+from common import interrupt, stages
 from common.errors import LadderError
 from common.files import signals_held, write_atomic
 from common.images import load_batch, sample_images
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
+    interrupt.catch_kill()
     try:
         contention = Contention(machine.usable_cores())  # another process on a core slows even 1 thread (L3)
         data = measure(args.stage, 4.0 if args.quick else 15.0, 4 if args.quick else 20, contention)
@@ -186,4 +187,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupt.leave(main())

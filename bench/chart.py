@@ -12,7 +12,6 @@ overview.png    the first four together, for the README
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bench import report, results
-from common import files
+from common import files, interrupt
 from common.errors import LadderError
 from common.paths import RESULTS_DIR, ROOT
 
@@ -257,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the PNGs (default: results/)")
     parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update ('' for none)")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)
+    interrupt.catch_kill()
     try:
         res = results.load(args.results)
         readme = Path(args.readme) if args.readme else None
@@ -282,9 +281,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _stop(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupt.leave(main())

@@ -9,7 +9,6 @@ table. QUICK=1 (--quick) for a pass of a minute or two; STAGES=01,06 (--stages) 
 """
 
 import argparse
-import signal
 import sys
 import time
 from dataclasses import replace
@@ -23,7 +22,7 @@ from tqdm import tqdm
 from bench import chart, cpp, machine, peak, peers, pure_python, report, results
 from bench.calibration import BUSY_EFFICIENCY, Calibration
 from bench.measure import Entry, Judge, Turns, prepare, summary, time_latency, time_throughput
-from common import files, quantized, spec, stages
+from common import files, interrupt, quantized, spec, stages
 from common.errors import LadderError
 from common.images import load_batch, sample_images
 from common.paths import RESULTS_DIR, ROOT
@@ -343,10 +342,6 @@ def _threading_layer() -> str | None:
         return None
 
 
-def _stop(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -358,10 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpp", default=None, metavar="CPP_SRC", help="a checkout of cv_learning_resnet50 to run too")
     args = parser.parse_args(argv)
     np.seterr(all="ignore")
-    # `kill` stops a run as cleanly as Ctrl-C: nothing half-written. Ctrl-C is set explicitly because a
-    # shell starts background jobs with it ignored, and Python then leaves it so.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _stop)
+    interrupt.catch_kill()  # nothing half-written
     try:
         run(args.stages, args.quick, args.out, Path(args.readme) if args.readme else None, args.cpp)
     except LadderError as e:
@@ -374,4 +366,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupt.leave(main())

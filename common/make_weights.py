@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from common import hub, spec
+from common import hub, interrupt, spec
 from common.errors import LadderError, WeightsError
 from common.files import check_regular
 from common.images import load_batch, sample_images
@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dest", type=Path, default=None, help="store folder (default: $RESNET50_WEIGHTS or weights/)")
     parser.add_argument("--force", action="store_true", help="with --source auto: re-make a valid store")
     args = parser.parse_args(argv)
+    interrupt.catch_kill()
     dest = args.dest or weights_dir()
     before = store_identity(dest)
     try:
@@ -235,4 +236,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupt.leave(main())

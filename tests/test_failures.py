@@ -196,9 +196,9 @@ def test_ctrl_c_while_a_command_is_still_importing_is_one_line():
         command = start_python("-m", "bench.run", "--help")
         time.sleep(delay)
         command.send_signal(signal.SIGINT)
-        _, err = command.communicate(timeout=60)
-        if command.returncode == 0:
-            continue  # it was done importing already
+        out, err = command.communicate(timeout=60)
+        if command.returncode == 0 or "usage:" in out:
+            continue  # it was done importing already (and perhaps exiting: Python's shutdown has Ctrl-C at its default)
         assert "Traceback" not in err, (delay, err)
         assert err.strip().splitlines() == ["python -m bench.run: interrupted"], (delay, err)
         assert command.returncode in (130, -signal.SIGINT), command.returncode
