@@ -1,7 +1,9 @@
 """The machine's limits, measured in the same run as everything else, at one thread and at all cores.
 
 - The FMA peak: a numba kernel of independent multiply-adds held in vector registers (half the target's
-  registers of chains, so no FMA waits for another), one copy per thread, for the ISA numba compiles for.
+  registers of chains, so no FMA waits for another), one copy per thread, for the ISA numba compiles for;
+  its vectors are written out as LLVM IR of the target's width (common/fma_tile.py `chains`), as 08's tile
+  is, so that the peak is that of the widest FMA, whatever width LLVM would pick for a loop by itself.
   Nothing that multiplies and adds floats can go faster on this core, so it is "the peak" of the charts
   and tables: no engine shows more than 100%.
 - The int8 peak: the same for the int8 stage's multiply-add (common/vnni.py `dot4`: AVX-512 VNNI's
@@ -18,37 +20,30 @@ import numpy as np
 from numba import njit, prange
 from threadpoolctl import threadpool_limits
 
-from common import isa, jit_cache, vnni
-from common.paths import ROOT
-
-jit_cache.install(ROOT)  # these kernels are cached beside this file: checksummed like every stage's
+from common import fma_tile, isa, vnni
 
 N = 2048
 FLOPS = 2 * N**3
-# Floats updated per pass, all independent: half the target's vector registers (common.isa) full of
-# accumulators, enough to keep every FMA unit busy through its latency (AVX-512: 16 zmm of 16 floats; AVX2:
-# 8 ymm of 8; more than the registers hold would measure spills, not the peak).
-CHAINS = isa.target().registers // 2 * isa.target().vector_floats
-# fastmath without reassoc: contract lets LLVM fuse the multiply-add; nothing may be reordered away.
-FMA_FLAGS = {"contract", "nsz", "nnan", "ninf", "arcp"}
+# Vectors of accumulators updated per pass, all independent: half the target's vector registers (common.isa),
+# enough to keep every FMA unit busy through its latency (AVX-512: 16 zmm of 16 floats; AVX2: 8 ymm of 8;
+# more than the registers hold would measure spills, not the peak).
+FMA_VECTORS = isa.target().registers // 2
+CHAINS = FMA_VECTORS * isa.target().vector_floats  # floats
+_fma_chains = fma_tile.chains(FMA_VECTORS)
 
 
-@njit(fastmath=FMA_FLAGS, cache=True)
+# The two peak kernels are not cached: their code comes from common/fma_tile.py and common/vnni.py, which
+# numba's cache (keyed on this file) would not see change; compiling them takes a second.
+@njit
 def fma_chains(reps, m, c):
     """CHAINS independent chains of `acc = acc * m + c`, reps times: 2 * CHAINS * reps FLOP.
 
-    LLVM vectorizes the inner loop, unrolls it and keeps the whole array in registers for the outer one
-    (tests/test_peak.py reads the assembly: packed vfmadd on zmm, no memory access in the loop)."""
-    acc = np.empty(CHAINS, np.float32)
-    for j in range(CHAINS):
-        acc[j] = np.float32(j)
-    for _ in range(reps):
-        for j in range(CHAINS):
-            acc[j] = acc[j] * m + c
-    return acc.sum()
+    The vectors are written out in LLVM IR (common/fma_tile.py `chains`); tests/test_peak.py reads the
+    assembly: packed FMAs on the target's own registers, no memory access in the loop."""
+    return _fma_chains(reps, m, c)
 
 
-@njit(fastmath=FMA_FLAGS, parallel=True, cache=True)
+@njit(parallel=True)
 def fma_chains_on_each(reps, m, c, threads):
     out = np.zeros(threads, np.float32)
     for t in prange(threads):
@@ -71,12 +66,10 @@ def fma_gflops(threads: int, repeats: int = 5, reps: int = 400_000) -> float:
     return 2 * CHAINS * reps * threads / best / 1e9
 
 
-DOT4_CHAINS = isa.target().registers // 2  # vectors of int32 accumulators, as many as the FMA peak's
+DOT4_CHAINS = FMA_VECTORS  # vectors of int32 accumulators, as many as the FMA peak's
 _dot4_chains = vnni.chains(DOT4_CHAINS)
 
 
-# Not cached: its code comes from common/vnni.py, which numba's cache (keyed on this file) would not see
-# change; compiling it takes a second.
 @njit
 def dot4_chains(reps):
     """DOT4_CHAINS independent chains of 4-byte dot products into int32 lanes: 8 * lanes * DOT4_CHAINS * reps

@@ -1,4 +1,5 @@
-"""The fp32 micro-kernel of stages 08 and 09: an outer-product tile of sums held in vector registers.
+"""The fp32 micro-kernel of stages 08 and 09: an outer-product tile of sums held in vector registers; and
+the bench's FMA peak kernel, `chains(count)`, written the same way.
 
 `tile(pixels, vectors, stored, relu, residual)` is a numba intrinsic (LLVM IR, common/llvm_ir.py), called
 from the generated conv kernels as
@@ -117,6 +118,41 @@ def _load(builder: ir.IRBuilder, base: ir.Value, j: int, n: int, stored: int, fl
     for lane in range(max(0, stored - j * n)):
         v = builder.insert_element(v, load_at(builder, base, j * n + lane), ir.Constant(I64, lane))
     return v
+
+
+@cache
+def chains(count: int):
+    """`count` vectors of independent `acc = acc * m + c` chains held in registers: the FMA peak's kernel, an
+    intrinsic called as `kernel(reps, m, c)` -> float32 (the sum of the lanes, so nothing is optimised away).
+
+    Vectors of the target's width written out, not left to LLVM's loop vectorizer: on Intel's AVX-512 cores
+    LLVM prefers 256-bit vectors for loops it vectorizes itself (its `prefer-256-bit` tuning), which measured
+    half the peak of the zmm FMAs that 08's tile runs."""
+    n = lanes()
+    floats = ir.VectorType(ir.FloatType(), n)
+
+    @intrinsic
+    def fma_chains(typingctx, reps, m, c):
+        def codegen(context, builder, signature, args):
+            count_, m_, c_ = args
+            ms, cs = splat(builder, m_, floats), splat(builder, c_, floats)
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(floats, [float(v * n + i) for i in range(n)]))
+                    for v in range(count)]  # fmt: skip  (lane i of vector v starts at v * n + i)
+            with cgutils.for_range(builder, count_):
+                for acc in accs:
+                    product = builder.fmul(builder.load(acc), ms, flags=CONTRACT)
+                    builder.store(builder.fadd(product, cs, flags=CONTRACT), acc)
+            total = builder.load(accs[0])
+            for acc in accs[1:]:
+                total = builder.fadd(total, builder.load(acc))
+            out = builder.extract_element(total, ir.Constant(I64, 0))
+            for i in range(1, n):
+                out = builder.fadd(out, builder.extract_element(total, ir.Constant(I64, i)))
+            return out
+
+        return types.float32(types.int64, types.float32, types.float32), codegen
+
+    return fma_chains
 
 
 def source_digest() -> str:
