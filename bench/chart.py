@@ -145,9 +145,10 @@ def roofline(ax, res: dict) -> None:
         lines.append((peak["gflops_all_threads"], "#d62728", "-", f"FMA peak, {cores} threads"))
         lines.append((peak["sgemm_gflops_all_threads"], "#7f7f7f", "-", f"numpy sgemm, {cores} threads"))
     if any(report.precision(e) == "int8" for e in entries):  # int8 rows' limit: the 4-byte dot product's
-        lines.append((peak["int8_gops_1_thread"], "#2ca02c", "--", "int8 peak, 1 thread"))
+        unit = " (VNNI; AMX not measured)" if peak.get("int8_unmeasured") == "AMX" else ""
+        lines.append((peak["int8_gops_1_thread"], "#2ca02c", "--", f"int8 peak{unit}, 1 thread"))
         if cores > 1:
-            lines.append((peak["int8_gops_all_threads"], "#2ca02c", "-", f"int8 peak, {cores} threads"))
+            lines.append((peak["int8_gops_all_threads"], "#2ca02c", "-", f"int8 peak{unit}, {cores} threads"))
     for value, tint, style, what in lines:  # peak labels on the left, sgemm's on the right: they can be close
         ax.axhline(value, color=tint, linestyle=style, linewidth=1)
         at, align = (len(entries) - 0.6, "right") if what.startswith("numpy") else (-0.4, "left")

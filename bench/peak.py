@@ -138,6 +138,7 @@ def measure(cores: int, repeats: int = 5) -> dict:
         f"best of {repeats}",
         "int8_gops_1_thread": round(int8_one, 1),
         "int8_gops_all_threads": round(int8_all, 1),
+        "int8_unmeasured": "AMX" if "amx-int8" in isa.host_matrix_units() else None,  # a faster unit an engine may use
         "sgemm_method": f"numpy sgemm {N}x{N}x{N}, best of {repeats}",
         "sgemm_gflops_1_thread": round(gemm_one, 1),
         "sgemm_gflops_all_threads": round(gemm_all, 1),

@@ -190,7 +190,11 @@ def int8_peak_note(peak: dict) -> str:
     if "int8_gops_1_thread" not in peak:
         return ""
     one, every = peak["int8_gops_1_thread"], peak["int8_gops_all_threads"]
-    return f"; the int8 peak (4-byte dot products in registers) {one:.0f} and {every:.0f} GOP/s"
+    text = f"; the int8 peak (4-byte dot products in registers) {one:.0f} and {every:.0f} GOP/s"
+    if peak.get("int8_unmeasured"):
+        text += (f" (this CPU also has {peak['int8_unmeasured']}, a faster int8 unit that the peak does not measure "
+                 "and an engine may use)")
+    return text
 
 
 def isa_note(machine: dict) -> str:

@@ -117,6 +117,17 @@ def _has(features: str, name: str) -> bool:
 
 
 @functools.cache
+def host_matrix_units() -> tuple[str, ...]:
+    """The host CPU's matrix units (Intel AMX: tiles of int8 or bf16 multiply-adds, 16 rows x 64 bytes by
+    64 bytes x 16 columns in one instruction), whatever numba compiles for: no stage uses them and the bench's
+    peaks do not measure them, but an engine may (OpenVINO's int8 does)."""
+    from numba.core import codegen
+
+    features = codegen.get_host_cpu_features()
+    return tuple(name for name in ("amx-int8", "amx-bf16") if _has(features, name))
+
+
+@functools.cache
 def target() -> Target:
     """The target numba compiles for in this process (asked once: numba reads its settings at import)."""
     from numba.core import config

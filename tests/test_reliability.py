@@ -315,6 +315,23 @@ def test_under_an_emulated_target_only_the_stages_are_held_to_its_peaks():
     assert native.busy and "onnxruntime-int8@1 ran at 2260% of the int8 peak" in native.reason
 
 
+def test_on_a_cpu_with_amx_the_int8_peers_are_not_held_to_the_vnni_peak():
+    """OpenVINO int8 ran at 107% of the VNNI peak on a Sapphire Rapids: it uses AMX, which the peak does not
+    measure. The int8 stage is still held to it (it runs VNNI), and so is every fp32 row."""
+    from bench.run import Contention
+
+    limit = {"gflops_1_thread": 240.0, "gflops_all_threads": 480.0, "int8_unmeasured": "AMX"}
+    peer = {"name": "openvino-int8@1", "kind": "peer", "precision": "int8", "peak_fraction": 1.07}
+    quiet = Contention(2)
+    quiet.check_limits(limit, [peer])
+    assert not quiet.busy
+    for row in ({"name": "10_int8@1", "kind": "stage", "precision": "int8", "peak_fraction": 1.07},
+                {"name": "openvino@1", "kind": "peer", "precision": "fp32", "peak_fraction": 1.07}):  # fmt: skip
+        busy = Contention(2)
+        busy.check_limits(limit, [peer, row])
+        assert busy.busy and f"{row['name']} ran at 107%" in busy.reason
+
+
 def test_weights_onto_a_full_disk_are_one_line_and_leave_nothing(tmp_path, monkeypatch, capsys):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
