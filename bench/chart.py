@@ -149,6 +149,10 @@ def roofline(ax, res: dict) -> None:
         lines.append((peak["int8_gops_1_thread"], "#2ca02c", "--", f"int8 peak{unit}, 1 thread"))
         if cores > 1:
             lines.append((peak["int8_gops_all_threads"], "#2ca02c", "-", f"int8 peak{unit}, {cores} threads"))
+        if "amx_gops_1_thread" in peak:  # the matrix unit's: 11's rows and the int8 peers' limit
+            lines.append((peak["amx_gops_1_thread"], "#9467bd", "--", "AMX peak, 1 thread"))
+            if cores > 1:
+                lines.append((peak["amx_gops_all_threads"], "#9467bd", "-", f"AMX peak, {cores} threads"))
     for value, tint, style, what in lines:  # peak labels on the left, sgemm's on the right: they can be close
         ax.axhline(value, color=tint, linestyle=style, linewidth=1)
         at, align = (len(entries) - 0.6, "right") if what.startswith("numpy") else (-0.4, "left")

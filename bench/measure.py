@@ -37,6 +37,7 @@ class Entry:
     cpp_measured: bool = False
     cpp_rung: str | None = None  # set on a C++ rung's own entry: the stage it mirrors
     precision: str = "fp32"  # "int8": an int8 stage or peer
+    unit: str | None = None  # the int8 unit a stage uses ("vnni", "amx"); a peer's: the fastest measured
     # What its logits are held to (Judge): "fp32", "int8" (ONNX Runtime int8's, for the same integer
     # arithmetic), or "agreement" (int8 by another engine's rounding: shape and finite values only).
     judged_by: str = "fp32"
@@ -250,6 +251,8 @@ def summary(entry: Entry, flops: float, peak_gflops: float, judge: Judge | None 
         out["cpp_rung"] = entry.cpp_rung
     if entry.precision != "fp32":
         out["precision"] = entry.precision
+    if entry.unit:
+        out["unit"] = entry.unit
         agreement = judge.agreement(entry) if judge is not None else None
         if agreement:
             out["agreement"] = agreement

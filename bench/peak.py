@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 from threadpoolctl import threadpool_limits
 
-from common import fma_tile, isa, vnni
+from common import amx, fma_tile, isa, vnni
 
 N = 2048
 FLOPS = 2 * N**3
@@ -98,6 +98,36 @@ def int8_gops(threads: int, repeats: int = 5, reps: int = 2_000_000) -> float:
     return 8 * vnni.lanes() * DOT4_CHAINS * reps * threads / best / 1e9
 
 
+_tdpbusd_chains = amx.chains() if amx.available() is None else None
+
+
+@njit
+def tdpbusd_chains(scratch, reps):
+    _tdpbusd_chains(scratch, reps)
+
+
+@njit(parallel=True)
+def tdpbusd_chains_on_each(scratch, reps, threads):
+    for t in prange(threads):
+        tdpbusd_chains(scratch[t], reps)
+
+
+def amx_gops(threads: int, repeats: int = 5, reps: int = 200_000) -> float:
+    """AMX's int8 peak: 4 independent tdpbusd chains on tiles in registers (16 x 16 x 64 multiply-adds each),
+    per thread; call only where `amx.available()` is None."""
+    from numba import set_num_threads
+
+    set_num_threads(threads)
+    scratch = np.ones((threads, 8192), np.uint8)
+    tdpbusd_chains_on_each(scratch, 10, threads)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        tdpbusd_chains_on_each(scratch, reps, threads)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * amx.ROWS * amx.ROWS * amx.ROW_BYTES * 4 * reps * threads / best / 1e9
+
+
 def gemm_gflops(threads: int, repeats: int = 5, n: int = N) -> float:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
@@ -113,12 +143,28 @@ def gemm_gflops(threads: int, repeats: int = 5, n: int = N) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def peak_of(limit: dict, precision: str, threads: int) -> float:
+def _int8_unit(limit: dict, unit: str | None) -> str:
+    """The int8 peak a row is drawn against: its stage's unit ("vnni" for 10, "amx" for 11), or for a
+    peer the fastest the machine has and the bench measured (an engine may use it)."""
+    if unit:
+        return unit
+    return "amx" if "amx_gops_1_thread" in limit else "vnni"
+
+
+def peak_of(limit: dict, precision: str, threads: int, unit: str | None = None) -> float:
     """The limit a row of this precision ("fp32" or "int8") at this thread count is drawn against, from
     `measure`'s results (more than one thread: the all-cores figure)."""
+    every = threads > 1
     if precision == "int8":
-        return limit["int8_gops_all_threads" if threads > 1 else "int8_gops_1_thread"]
-    return limit["gflops_all_threads" if threads > 1 else "gflops_1_thread"]
+        key = "amx_gops" if _int8_unit(limit, unit) == "amx" else "int8_gops"
+        return limit[f"{key}_all_threads" if every else f"{key}_1_thread"]
+    return limit["gflops_all_threads" if every else "gflops_1_thread"]
+
+
+def name_of(limit: dict, precision: str, unit: str | None = None) -> str:
+    if precision != "int8":
+        return "FMA peak"
+    return "AMX peak" if _int8_unit(limit, unit) == "amx" else "int8 peak"
 
 
 def measure(cores: int, repeats: int = 5) -> dict:
@@ -126,6 +172,14 @@ def measure(cores: int, repeats: int = 5) -> dict:
     fma_all = fma_gflops(cores, repeats) if cores > 1 else fma_one
     int8_one = int8_gops(1, repeats)
     int8_all = int8_gops(cores, repeats) if cores > 1 else int8_one
+    matrix = {}
+    if amx.available() is None:
+        one = amx_gops(1, repeats)
+        matrix = {
+            "amx_method": f"numba kernel of 4 independent chains of AMX tdpbusd per thread, best of {repeats}",
+            "amx_gops_1_thread": round(one, 1),
+            "amx_gops_all_threads": round(amx_gops(cores, repeats) if cores > 1 else one, 1),
+        }
     gemm_one = gemm_gflops(1, repeats)
     gemm_all = gemm_gflops(cores, repeats) if cores > 1 else gemm_one
     return {
@@ -138,7 +192,9 @@ def measure(cores: int, repeats: int = 5) -> dict:
         f"best of {repeats}",
         "int8_gops_1_thread": round(int8_one, 1),
         "int8_gops_all_threads": round(int8_all, 1),
-        "int8_unmeasured": "AMX" if "amx-int8" in isa.host_matrix_units() else None,  # a faster unit an engine may use
+        **matrix,
+        # A faster unit than the peaks measured, which an engine may use (AMX where this process may not).
+        "int8_unmeasured": "AMX" if "amx-int8" in isa.host_matrix_units() and not matrix else None,
         "sgemm_method": f"numpy sgemm {N}x{N}x{N}, best of {repeats}",
         "sgemm_gflops_1_thread": round(gemm_one, 1),
         "sgemm_gflops_all_threads": round(gemm_all, 1),

@@ -191,6 +191,9 @@ def int8_peak_note(peak: dict) -> str:
         return ""
     one, every = peak["int8_gops_1_thread"], peak["int8_gops_all_threads"]
     text = f"; the int8 peak (4-byte dot products in registers) {one:.0f} and {every:.0f} GOP/s"
+    if "amx_gops_1_thread" in peak:
+        text += (f", AMX's (tiles of 4-byte dot products) {peak['amx_gops_1_thread']:.0f} and "
+                 f"{peak['amx_gops_all_threads']:.0f}: the int8 peers' limit and 11's")
     if peak.get("int8_unmeasured"):
         text += (f" (this CPU also has {peak['int8_unmeasured']}, a faster int8 unit that the peak does not measure "
                  "and an engine may use)")

@@ -45,7 +45,7 @@ def stage_entries(selected: list[stages.StageInfo], store: WeightStore, cores: i
     for info in selected:
         module = stages.load(info)
         precision = getattr(module, "PRECISION", "fp32")  # 10_int8 is judged by ONNX Runtime int8
-        kinds = {"precision": precision, "judged_by": precision}
+        kinds = {"precision": precision, "judged_by": precision, "unit": getattr(module, "UNIT", None)}
         skip = getattr(module, "SKIP", None)  # a stage that cannot do its idea on this target says why
         if skip:
             kinds.update(status="skipped", message=skip)
@@ -167,7 +167,9 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None,
     say(
         f"bench: FMA peak {limit['gflops_1_thread']} GFLOP/s on 1 thread, {limit['gflops_all_threads']} on {cores}; "
         f"int8 {limit['int8_gops_1_thread']} and {limit['int8_gops_all_threads']} GOP/s; "
-        f"sgemm {limit['sgemm_gflops_1_thread']} and {limit['sgemm_gflops_all_threads']}"
+        + (f"AMX {limit['amx_gops_1_thread']} and {limit['amx_gops_all_threads']} GOP/s; "
+           if "amx_gops_1_thread" in limit else "")
+        + f"sgemm {limit['sgemm_gflops_1_thread']} and {limit['sgemm_gflops_all_threads']}"
     )
 
     entries = stage_entries(selected, store, cores)
@@ -239,7 +241,7 @@ def run(stage_keys: str | None, quick: bool, out_dir: Path, readme: Path | None,
         "peak": limit,
         "flops_per_image": spec.TOTAL_FLOPS,
         "entries": [
-            mark_effective(summary(e, spec.TOTAL_FLOPS, peak.peak_of(limit, e.precision, e.threads), judge))
+            mark_effective(summary(e, spec.TOTAL_FLOPS, peak.peak_of(limit, e.precision, e.threads, e.unit), judge))
             for e in entries
         ],
         "extrapolations": [extrapolation],
@@ -317,7 +319,7 @@ class Contention:
             if row.get("kind") != "stage" and (emulated or unmeasured):
                 continue
             if fraction is not None and fraction > 1.0 and not row.get("effective"):
-                peak_name = "int8 peak" if row.get("precision") == "int8" else "FMA peak"
+                peak_name = peak.name_of(limit, row.get("precision", "fp32"), row.get("unit"))
                 self.beyond_limits.append(f"{row['name']} ran at {fraction:.0%} of the {peak_name}")
 
     @property

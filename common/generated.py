@@ -131,6 +131,9 @@ class GeneratedResNet50:
     """ResNet-50 from a stage's generated source; see the module's docstring."""
 
     threads: int | None = None  # a multi-threaded stage sets it (numba's threads during its calls)
+    # Why this machine cannot run the stage at all (11 without AMX): its code is never compiled here, since
+    # LLVM stops the process that asks for an instruction its target lacks. Its source can still be printed.
+    unavailable: str | None = None
     # A stage that names a step here runs a batch of several images through the steps before it one image at
     # a time, in an arena of its own planned for one image, and from that step on all together. Early on the
     # activations are large and the weights small: one image's tensors stay in L3 (layer1's are 3.2 MB each,
@@ -160,6 +163,8 @@ class GeneratedResNet50:
         self.source = header + self.generate(per_image, weight_at)
         if getattr(_source_only, "active", False):
             return
+        if self.unavailable:
+            raise LadderError(f"stages/{stage}: {self.unavailable}")
         self._weights = weights
         self.compile_s = 0.0  # seconds of compiling for this construction (0 when the cache held the code)
         with compile_clock() as clock:
@@ -297,6 +302,8 @@ def warm_cache(infos: list, workers: int, stop: threading.Event | None = None) -
     for info in infos:
         stage_class = getattr(stages.load(info), "ResNet50", None)
         if not (isinstance(stage_class, type) and issubclass(stage_class, GeneratedResNet50)):
+            continue
+        if stage_class.unavailable:
             continue
         with source_only():
             source = stage_class(ShapesOnly()).source  # the source depends on the shapes alone

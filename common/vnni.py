@@ -87,12 +87,12 @@ def tile(pixels: int, vectors: int, residual: bool):
     then 16 bytes written at once."""
     target = isa.target()
     name, n = instruction(target), target.vector_floats
-    ints, floats, bytes_ = ir.VectorType(I32, n), ir.VectorType(ir.FloatType(), n), ir.VectorType(I8, n)
+    ints = ir.VectorType(I32, n)
 
     def codegen(context, builder, signature, args):
         arrays = [data(context, builder, t, v) if isinstance(t, types.Array) else v
                   for t, v in zip(signature.args, args, strict=True)]  # fmt: skip
-        xs, ats, win, ws, _, biases, scales, quant, ys = arrays[:9]
+        xs, ats, win, ws = arrays[:4]
         panel_index = args[4]
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(ints, None)) for _ in range(vectors)]
                 for _ in range(pixels)]  # fmt: skip
@@ -104,7 +104,6 @@ def tile(pixels: int, vectors: int, residual: bool):
         # The panel's place: its weights (in vectors) and its first output channel.
         w_vectors = builder.gep(w_vectors, [builder.mul(builder.mul(panel_index, builder.mul(taps, words)),
                                                         ir.Constant(I64, vectors))])  # fmt: skip
-        first_channel = builder.mul(panel_index, ir.Constant(I64, vectors * n))
         with cgutils.for_range(builder, taps) as tap_loop:
             tap = tap_loop.index
             offset = builder.mul(tap, row)
@@ -120,44 +119,7 @@ def tile(pixels: int, vectors: int, residual: bool):
                     a = splat(builder, builder.load(builder.bitcast(at, I32.as_pointer()), align=1), ints)
                     for j in range(vectors):
                         builder.store(dot4(builder, builder.load(accs[r][j]), a, weights[j], name), accs[r][j])
-        # The store.
-        q = [splat(builder, load_at(builder, quant, k), floats) for k in range(6 if residual else 3)]
-        low, high, zero = q[:3]
-        floor, ceiling = ir.Constant(floats, [0.0] * n), ir.Constant(floats, [255.0] * n)
-        declare = partial(cgutils.get_or_insert_function, builder.module)
-        rint = declare(ir.FunctionType(floats, [floats]), f"llvm.rint.v{n}f32")
-        fma_ = declare(ir.FunctionType(floats, [floats] * 3), f"llvm.fma.v{n}f32")
-        bias_v = builder.bitcast(builder.gep(biases, [first_channel]), ints.as_pointer())
-        scale_v = builder.bitcast(builder.gep(scales, [first_channel]), floats.as_pointer())
-        y_bytes = builder.gep(builder.bitcast(ys, I8.as_pointer()), [first_channel])
-        r_bytes = builder.gep(builder.bitcast(arrays[9], I8.as_pointer()), [first_channel]) if residual else None
-        channel = [
-            (load_at(builder, bias_v, j, align=4), load_at(builder, scale_v, j, align=4)) for j in range(vectors)
-        ]  # each vector of channels' bias and scale, loaded once
-        # Every pixel's residual before the first store: y is the residual's place (the output is written over
-        # it), and a short last tile repeats its last pixel, whose residual must be read before either copy
-        # is written.
-        others = [[None] * vectors for _ in range(pixels)]
-        for r in range(pixels if residual else 0):
-            res_at = load_at(builder, ats, 2 * pixels + r)
-            for j in range(vectors):
-                at = builder.gep(r_bytes, [builder.add(res_at, ir.Constant(I64, j * n))])
-                others[r][j] = builder.load(builder.bitcast(at, bytes_.as_pointer()), align=1)
-        for r in range(pixels):
-            out_at = load_at(builder, ats, pixels + r)
-            for j in range(vectors):
-                bias, scale = channel[j]
-                v = builder.fmul(builder.sitofp(builder.add(builder.load(accs[r][j]), bias), floats), scale)
-                v = _clamp(builder, v, low, high)
-                v = builder.fadd(builder.call(rint, [v]), zero)
-                lane = ir.Constant(I64, j * n)
-                if residual:
-                    other = builder.uitofp(others[r][j], floats)
-                    v = builder.call(fma_, [v, q[3], builder.call(fma_, [other, q[4], q[5]])])
-                    v = _clamp(builder, builder.call(rint, [v]), floor, ceiling)
-                out = builder.trunc(builder.fptoui(v, ints), bytes_)
-                at = builder.gep(y_bytes, [builder.add(out_at, lane)])
-                builder.store(out, builder.bitcast(at, bytes_.as_pointer()), align=1)
+        requantize_store(builder, arrays, args[4], accs, residual)
         return context.get_dummy_value()
 
     if residual:
@@ -173,6 +135,54 @@ def tile(pixels: int, vectors: int, residual: bool):
         return types.void(x, at, window, w, types.int64, bias, scale, quant, y), codegen
 
     return int8_tile
+
+
+def requantize_store(builder: ir.IRBuilder, arrays: list, panel_index: ir.Value, accs: list, residual: bool) -> None:
+    """The tile's store (QLinearConv's requantization, QLinearAdd's with a residual) on sums already made:
+    accs[r][j] points at pixel r's vector j of int32 sums (registers for `tile`, a tile's memory for AMX's,
+    common/amx.py). `arrays` are the tile's arguments' data pointers, as `tile` is called."""
+    pixels, vectors = len(accs), len(accs[0])
+    n = accs[0][0].type.pointee.count
+    ints, floats, bytes_ = ir.VectorType(I32, n), ir.VectorType(ir.FloatType(), n), ir.VectorType(I8, n)
+    ats, biases, scales, quant, ys = arrays[1], arrays[5], arrays[6], arrays[7], arrays[8]
+    first_channel = builder.mul(panel_index, ir.Constant(I64, vectors * n))
+    q = [splat(builder, load_at(builder, quant, k), floats) for k in range(6 if residual else 3)]
+    low, high, zero = q[:3]
+    floor, ceiling = ir.Constant(floats, [0.0] * n), ir.Constant(floats, [255.0] * n)
+    declare = partial(cgutils.get_or_insert_function, builder.module)
+    rint = declare(ir.FunctionType(floats, [floats]), f"llvm.rint.v{n}f32")
+    fma_ = declare(ir.FunctionType(floats, [floats] * 3), f"llvm.fma.v{n}f32")
+    bias_v = builder.bitcast(builder.gep(biases, [first_channel]), ints.as_pointer())
+    scale_v = builder.bitcast(builder.gep(scales, [first_channel]), floats.as_pointer())
+    y_bytes = builder.gep(builder.bitcast(ys, I8.as_pointer()), [first_channel])
+    r_bytes = builder.gep(builder.bitcast(arrays[9], I8.as_pointer()), [first_channel]) if residual else None
+    channel = [
+        (load_at(builder, bias_v, j, align=4), load_at(builder, scale_v, j, align=4)) for j in range(vectors)
+    ]  # each vector of channels' bias and scale, loaded once
+    # Every pixel's residual before the first store: y is the residual's place (the output is written over
+    # it), and a short last tile repeats its last pixel, whose residual must be read before either copy
+    # is written.
+    others = [[None] * vectors for _ in range(pixels)]
+    for r in range(pixels if residual else 0):
+        res_at = load_at(builder, ats, 2 * pixels + r)
+        for j in range(vectors):
+            at = builder.gep(r_bytes, [builder.add(res_at, ir.Constant(I64, j * n))])
+            others[r][j] = builder.load(builder.bitcast(at, bytes_.as_pointer()), align=1)
+    for r in range(pixels):
+        out_at = load_at(builder, ats, pixels + r)
+        for j in range(vectors):
+            bias, scale = channel[j]
+            v = builder.fmul(builder.sitofp(builder.add(builder.load(accs[r][j]), bias), floats), scale)
+            v = _clamp(builder, v, low, high)
+            v = builder.fadd(builder.call(rint, [v]), zero)
+            lane = ir.Constant(I64, j * n)
+            if residual:
+                other = builder.uitofp(others[r][j], floats)
+                v = builder.call(fma_, [v, q[3], builder.call(fma_, [other, q[4], q[5]])])
+                v = _clamp(builder, builder.call(rint, [v]), floor, ceiling)
+            out = builder.trunc(builder.fptoui(v, ints), bytes_)
+            at = builder.gep(y_bytes, [builder.add(out_at, lane)])
+            builder.store(out, builder.bitcast(at, bytes_.as_pointer()), align=1)
 
 
 def _clamp(builder: ir.IRBuilder, v: ir.Value, low: ir.Value, high: ir.Value) -> ir.Value:

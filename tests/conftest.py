@@ -94,7 +94,13 @@ STAGES = stages.available()
 
 def stage_params():
     """One pytest param per stage folder, the slow naive stage marked (see also test_stages_vs_judge)."""
-    return [pytest.param(s, id=s.name, marks=[pytest.mark.slow] if s.key == "01" else []) for s in STAGES]
+    return [pytest.param(s, id=s.name, marks=[pytest.mark.slow] if s.key == "01" else _unavailable(s)) for s in STAGES]
+
+
+def _unavailable(info) -> list:
+    """A stage this machine cannot run (11 without AMX) is skipped, saying why."""
+    why = getattr(getattr(stages.load(info), "ResNet50", None), "unavailable", None)
+    return [pytest.mark.skip(reason=f"{info.name}: {why}")] if why else []
 
 
 def entry(name, kind, threads, median, label=None, cpp=None, images_per_s=None):

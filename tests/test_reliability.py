@@ -332,6 +332,19 @@ def test_on_a_cpu_with_amx_the_int8_peers_are_not_held_to_the_vnni_peak():
         assert busy.busy and f"{row['name']} ran at 107%" in busy.reason
 
 
+def test_each_int8_row_is_drawn_against_its_own_unit_and_a_peer_against_the_fastest_measured():
+    from bench import peak
+
+    limit = {"gflops_1_thread": 240.0, "gflops_all_threads": 480.0, "int8_gops_1_thread": 960.0,
+             "int8_gops_all_threads": 1920.0, "amx_gops_1_thread": 7400.0, "amx_gops_all_threads": 14800.0}  # fmt: skip
+    assert peak.peak_of(limit, "int8", 1, "vnni") == 960.0 and peak.name_of(limit, "int8", "vnni") == "int8 peak"
+    assert peak.peak_of(limit, "int8", 2, "amx") == 14800.0 and peak.name_of(limit, "int8", "amx") == "AMX peak"
+    assert peak.peak_of(limit, "int8", 1) == 7400.0  # a peer: the machine's fastest int8 unit
+    assert peak.peak_of(limit, "fp32", 2) == 480.0 and peak.name_of(limit, "fp32") == "FMA peak"
+    without = {k: v for k, v in limit.items() if not k.startswith("amx")}
+    assert peak.peak_of(without, "int8", 1) == 960.0
+
+
 def test_weights_onto_a_full_disk_are_one_line_and_leave_nothing(tmp_path, monkeypatch, capsys):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -40,6 +40,7 @@ GROUP = 4  # input channels per 32-bit lane: vpdpbusd multiplies 4 bytes by 4 by
 PARTS = 60  # 08's: each conv's items in 60 runs, dealt out to the threads
 L2_BYTES = 1 << 20  # per core, on the machines measured (AMD Zen 4 and 5: 1 MiB)
 PRECISION = "int8"  # the bench judges this stage against ONNX Runtime int8 (common.quantized)
+UNIT = "vnni"  # its rows are drawn against the int8 (VNNI) peak
 # Without VNNI the tile's dot products are plain IR (widen, multiply, add): right answers, but slower than
 # 08's fp32, so the bench lists the stage as skipped there, saying why (`make test` still checks it).
 SKIP = None if vnni.instruction(ISA) else (
