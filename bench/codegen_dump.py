@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
             path = args.out / f"{info.name}.py"
             path.write_text(source, encoding="utf-8")
             functions = len(re.findall(r"^def ", source, re.M))
-            # The kernels written as LLVM IR (common/fma_tile.py, vnni.py, winograd_ir.py): a line each.
-            built = len(re.findall(r"^\w+ = (?:fma_tile|vnni|winograd_ir)\.\w+\(", source, re.M))
+            # The kernels written as LLVM IR (common/fma_tile.py, vnni.py, amx.py, winograd_ir.py): a line each.
+            built = len(re.findall(r"^\w+ = (?:fma_tile|vnni|amx|winograd_ir)\.\w+\(", source, re.M))
             ir = f" and {built} kernels of LLVM IR" if built else ""
             print(f"{path}: {len(source.splitlines())} lines, {functions} functions{ir} (search for a layer's name)")
     except LadderError as e:
