@@ -149,7 +149,7 @@ def test_the_tile_is_vnni_on_the_targets_vectors_with_nothing_spilled(s10):
     """On a VNNI target: the tile's hot loop is pixels x vectors vpdpbusd on the target's registers, one
     broadcast per pixel, and no accumulator goes to the stack. (The store after it may spill: with a residual,
     LLVM's scheduling model for Intel cores reads every residual early and spilled 25 vectors per tile on a
-    Sapphire Rapids, none on Zen 4; 10's NOTES say what that costs.)"""
+    Sapphire Rapids, none on Zen 4; 10's NOTES record it.)"""
     if vnni.instruction() is None:
         pytest.skip(f"{isa.target().describe()} has no VNNI (the bench lists 10 as skipped; make test checks it)")
     tile = vnni.tile(s10.PIXELS, s10.VECTORS, residual=True)
