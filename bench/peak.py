@@ -9,6 +9,8 @@
 - The int8 peak: the same for the int8 stage's multiply-add (common/vnni.py `dot4`: AVX-512 VNNI's
   `vpdpbusd`, 4 byte products per int32 lane, where the target has it), counted as 2 operations per
   multiply-add as FLOPs are; int8 rows are drawn against it.
+- The AMX peak, where the CPU has Intel's matrix unit and Linux lets this process use it (common/amx.py):
+  four `tdpbusd` chains on tiles in registers; stage 11's rows and the int8 peers are drawn against it.
 - numpy's sgemm on 2048x2048 matrices: what a BLAS gets on a real GEMM, drawn as a second line. Tuned
   engines beat it where the BLAS does not know the CPU (OpenBLAS on AMD Zen 5 ran at about half the FMA
   peak here), which is why it is not the limit.
@@ -32,7 +34,7 @@ CHAINS = FMA_VECTORS * isa.target().vector_floats  # floats
 _fma_chains = fma_tile.chains(FMA_VECTORS)
 
 
-# The two peak kernels are not cached: their code comes from common/fma_tile.py and common/vnni.py, which
+# The peak kernels are not cached: their code comes from common/fma_tile.py, vnni.py and amx.py, which
 # numba's cache (keyed on this file) would not see change; compiling them takes a second.
 @njit
 def fma_chains(reps, m, c):

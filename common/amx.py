@@ -51,8 +51,7 @@ TILE = _Tile()
 def available() -> str | None:
     """None where stage 11 can run: numba compiles for a CPU with AMX-INT8 and Linux granted the tiles'
     state to this process. Otherwise the reason, in a few words."""
-    _, features = isa._numba_target()
-    if not isa._has(features, "amx-int8"):
+    if not isa.compiles_for("amx-int8"):
         return f"no AMX-INT8 on {isa.target().describe()}"
     if platform.system() != "Linux" or platform.machine().lower() not in isa.X86:
         return "AMX's tile state is requested from Linux on x86-64 only"

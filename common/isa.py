@@ -116,6 +116,11 @@ def _has(features: str, name: str) -> bool:
     return f"+{name}" in features.split(",")
 
 
+def compiles_for(feature: str) -> bool:
+    """Whether numba's target names this LLVM feature ("amx-int8"): its feature string, as numba passes it."""
+    return _has(_numba_target()[1], feature)
+
+
 @functools.cache
 def host_matrix_units() -> tuple[str, ...]:
     """The host CPU's matrix units (Intel AMX: tiles of int8 or bf16 multiply-adds, 16 rows x 64 bytes by
