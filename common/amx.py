@@ -99,6 +99,55 @@ class _Ops:
         return self.builder.call(self._zero, self.shape)
 
 
+A_TILES = 72  # the most A tiles a window of the network has: layer4's 3x3 convs, 3 taps x 1536 bytes / 64
+
+
+def _pack_window(builder: ir.IRBuilder, x_bytes, starts: list, row, length, runs, total) -> ir.Value:
+    """The A tiles of the whole window for these ROWS pixels, in a buffer of the kernel's own (A_TILES KiB on
+    its stack), copied only when the pixels are not the ones already there: a conv's items are a block's
+    panels one after another (08's order, for all but the convs with the largest weights), and all of them
+    read the same A tiles. Tile k's row r is pixel r's bytes [64 k, 64 k + 64) of its window's run (tap,
+    run) = divmod(k, runs), by a masked load: a run's last bytes may be fewer, the rest zero."""
+    chunk = ir.VectorType(I8, ROW_BYTES)
+    starts_v = ir.VectorType(I64, ROWS)
+    a_mem = cgutils.alloca_once(builder, ir.ArrayType(chunk, A_TILES * ROWS))
+    a_mem.align = 64
+    packed_for = cgutils.alloca_once(builder, starts_v)
+    with builder.goto_entry_block():  # nothing packed yet, at each call of the kernel
+        builder.store(ir.Constant(starts_v, [-1] * ROWS), packed_for)
+    wanted = ir.Constant(starts_v, None)
+    for r, at in enumerate(starts):
+        wanted = builder.insert_element(wanted, at, ir.Constant(I32, r))
+    same = builder.icmp_signed("==", wanted, builder.load(packed_for))
+    all_same = builder.icmp_unsigned("==", builder.bitcast(same, ir.IntType(ROWS)), ir.Constant(ir.IntType(ROWS), -1))
+    masked_load = _declare(builder, "llvm.masked.load.v64i8.p0v64i8", chunk, chunk.as_pointer(), I32,
+                           ir.VectorType(I1, ROW_BYTES), chunk)  # fmt: skip
+    lane = ir.Constant(ir.VectorType(I64, ROW_BYTES), list(range(ROW_BYTES)))
+    zeros = ir.Constant(chunk, [0] * ROW_BYTES)
+    before = builder.block
+    pack, packed = builder.append_basic_block("amx.pack"), builder.append_basic_block("amx.packed")
+    some = builder.icmp_signed(">", total, ir.Constant(I64, 0))
+    builder.cbranch(builder.and_(builder.not_(all_same), some), pack, packed)
+    builder.position_at_end(pack)
+    k = builder.phi(I64)
+    tap, run = builder.udiv(k, runs), builder.urem(k, runs)
+    first = builder.mul(run, ir.Constant(I64, ROW_BYTES))
+    mask = builder.icmp_unsigned("<", lane, splat(builder, builder.sub(length, first), lane.type))
+    offset = builder.add(builder.mul(tap, row), first)
+    for r in range(ROWS):
+        at = builder.bitcast(builder.gep(x_bytes, [builder.add(starts[r], offset)]), chunk.as_pointer())
+        slot = builder.add(builder.mul(k, ir.Constant(I64, ROWS)), ir.Constant(I64, r))
+        builder.store(builder.call(masked_load, [at, ir.Constant(I32, 1), mask, zeros]),
+                      builder.gep(a_mem, [ir.Constant(I32, 0), slot]))  # fmt: skip
+    following = builder.add(k, ir.Constant(I64, 1))
+    k.add_incoming(ir.Constant(I64, 0), before)
+    k.add_incoming(following, builder.block)
+    builder.cbranch(builder.icmp_signed("<", following, total), pack, packed)
+    builder.position_at_end(packed)
+    builder.store(wanted, packed_for)
+    return a_mem
+
+
 @cache
 def tile(pixels: int, vectors: int, residual: bool):
     """The int8 micro-kernel on the matrix unit: 16 pixels x `vectors` x 16 output channels (the panel), a
@@ -116,7 +165,7 @@ def tile(pixels: int, vectors: int, residual: bool):
     assert pixels == ROWS, "an A tile is 16 pixels"
     n = isa.target().vector_floats
     assert n * 4 == ROW_BYTES, "a C tile's row is one vector of 16 int32 sums"
-    ints, chunk = ir.VectorType(I32, n), ir.VectorType(I8, ROW_BYTES)
+    ints = ir.VectorType(I32, n)
 
     def codegen(context, builder, signature, args):
         arrays = [data(context, builder, t, v) if isinstance(t, types.Array) else v
@@ -133,17 +182,11 @@ def tile(pixels: int, vectors: int, residual: bool):
         word_bytes = ir.Constant(I64, vectors * ROW_BYTES)
         panel_at = builder.mul(builder.mul(panel_index, builder.mul(taps, words)), word_bytes)
         w_bytes = builder.gep(builder.bitcast(ws, I8.as_pointer()), [panel_at])
-        a_mem = cgutils.alloca_once(builder, ir.ArrayType(chunk, ROWS))
-        a_mem.align = 64
         c_mem = cgutils.alloca_once(builder, ir.ArrayType(ints, pixels * vectors))
         c_mem.align = 64
-        a_at = builder.bitcast(a_mem, I8.as_pointer())
-        masked_load = _declare(builder, "llvm.masked.load.v64i8.p0v64i8", chunk, chunk.as_pointer(), I32,
-                               ir.VectorType(I1, ROW_BYTES), chunk)  # fmt: skip
-        lane = ir.Constant(ir.VectorType(I64, ROW_BYTES), list(range(ROW_BYTES)))
-        zeros = ir.Constant(chunk, [0] * ROW_BYTES)
+        total = builder.mul(taps, runs)  # (tap, run) pairs: the A tiles of the window, ROWS pixels each
+        a_mem = _pack_window(builder, x_bytes, starts, row, length, runs, total)
         # One loop over (tap, run) pairs, the C tiles carried in phis: tile registers cannot live in memory.
-        total = builder.mul(taps, runs)
         before = builder.block
         start = [amx.zero() for _ in range(vectors)]
         loop, done = builder.append_basic_block("amx.sum"), builder.append_basic_block("amx.stored")
@@ -152,14 +195,8 @@ def tile(pixels: int, vectors: int, residual: bool):
         step = builder.phi(I64)
         sums = [builder.phi(TILE) for _ in range(vectors)]
         tap, run = builder.udiv(step, runs), builder.urem(step, runs)
-        first = builder.mul(run, ir.Constant(I64, ROW_BYTES))
-        left = builder.sub(length, first)  # bytes of this run still in the window's run
-        mask = builder.icmp_unsigned("<", lane, splat(builder, left, lane.type))
-        offset = builder.add(builder.mul(tap, row), first)
-        for r in range(pixels):
-            at = builder.bitcast(builder.gep(x_bytes, [builder.add(starts[r], offset)]), chunk.as_pointer())
-            builder.store(builder.call(masked_load, [at, ir.Constant(I32, 1), mask, zeros]),
-                          builder.gep(a_mem, [ir.Constant(I32, 0), ir.Constant(I32, r)]))  # fmt: skip
+        a_at = builder.bitcast(builder.gep(a_mem, [ir.Constant(I32, 0), builder.mul(step, ir.Constant(I64, ROWS))]),
+                               I8.as_pointer())  # fmt: skip
         a = amx.load(a_at, ir.Constant(I64, ROW_BYTES))
         word = builder.add(builder.mul(tap, words), builder.mul(run, ir.Constant(I64, ROWS)))
         new = []

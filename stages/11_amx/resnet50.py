@@ -103,6 +103,7 @@ def conv_source(step: spec.Step, layers: list[str], pixels: int = PIXELS, order:
     and quant (6,) float32."""
     c = step.conv
     assert c.cout % PANEL == 0, "every ResNet-50 conv has whole panels"
+    assert c.kernel * -(-c.kernel * stored_cin(c) // 64) <= amx.A_TILES, "the tile's A buffer holds the window"
     res = ", res" if step.residual else ""
     assert not step.residual or border(step.residual) == 0, "a residual is read without a border"
     panels = c.cout // PANEL
