@@ -257,7 +257,8 @@ def fc_source(pixels: int = PIXELS) -> str:
     padded to whole panels, requantized in the tile's store as ONNX Runtime's QGemm is, then its
     DequantizeLinear: logits = (q - zy) x the logits' scale, which is exactly v x scale for the
     clamped, rounded v that QGemm's requantization makes. (A loop of byte products per output channel
-    took 0.8 ms of 10's 15 on one Sapphire Rapids thread: numba vectorizes it with 32-bit multiplies.)"""
+    took 0.8 ms an image on one Sapphire Rapids thread, `make profile STAGE=11`: numba vectorizes it with
+    32-bit multiplies.)"""
     return "\n".join(
         [
             "@njit(cache=True, parallel=True)",
