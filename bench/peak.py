@@ -147,10 +147,10 @@ def gemm_gflops(threads: int, repeats: int = 5, n: int = N) -> float:
 
 def _int8_unit(limit: dict, unit: str | None) -> str:
     """The int8 peak a row is drawn against: its stage's unit ("vnni" for 10, "amx" for 11), or for a
-    peer the fastest the machine has and the bench measured (an engine may use it)."""
-    if unit:
-        return unit
-    return "amx" if "amx_gops_1_thread" in limit else "vnni"
+    peer the fastest the machine has and the bench measured (an engine may use it). Where AMX was not
+    measured (no AMX: 11 is a skipped row there) every int8 row is drawn against the VNNI peak."""
+    measured = "amx_gops_1_thread" in limit
+    return "amx" if measured and unit in ("amx", None) else "vnni"
 
 
 def peak_of(limit: dict, precision: str, threads: int, unit: str | None = None) -> float:
