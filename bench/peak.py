@@ -19,7 +19,7 @@
 import time
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, set_num_threads
 from threadpoolctl import threadpool_limits
 
 from common import amx, fma_tile, isa, vnni
@@ -53,18 +53,22 @@ def fma_chains_on_each(reps, m, c, threads):
     return out.sum()
 
 
-def fma_gflops(threads: int, repeats: int = 5, reps: int = 400_000) -> float:
-    """The best of `repeats` runs (about 0.1 s each on a fast core)."""
-    from numba import set_num_threads
-
-    m, c = np.float32(0.9999), np.float32(0.0001)
-    set_num_threads(threads)
-    fma_chains_on_each(10, m, c, threads)  # compile or load, start the pool
+def _fastest(run, repeats: int) -> float:
+    """The shortest of `repeats` timed calls of `run()`, in seconds (the caller has warmed it up)."""
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fma_chains_on_each(reps, m, c, threads)
+        run()
         best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def fma_gflops(threads: int, repeats: int = 5, reps: int = 400_000) -> float:
+    """The best of `repeats` runs (about 0.1 s each on a fast core)."""
+    m, c = np.float32(0.9999), np.float32(0.0001)
+    set_num_threads(threads)
+    fma_chains_on_each(10, m, c, threads)  # compile or load, start the pool
+    best = _fastest(lambda: fma_chains_on_each(reps, m, c, threads), repeats)
     return 2 * CHAINS * reps * threads / best / 1e9
 
 
@@ -88,15 +92,9 @@ def dot4_chains_on_each(reps, threads):
 
 
 def int8_gops(threads: int, repeats: int = 5, reps: int = 2_000_000) -> float:
-    from numba import set_num_threads
-
     set_num_threads(threads)
     dot4_chains_on_each(10, threads)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        dot4_chains_on_each(reps, threads)
-        best = min(best, time.perf_counter() - t0)
+    best = _fastest(lambda: dot4_chains_on_each(reps, threads), repeats)
     return 8 * vnni.lanes() * DOT4_CHAINS * reps * threads / best / 1e9
 
 
@@ -117,17 +115,11 @@ def tdpbusd_chains_on_each(scratch, reps, threads):
 def amx_gops(threads: int, repeats: int = 5, reps: int = 200_000) -> float:
     """AMX's int8 peak: 4 independent tdpbusd chains on tiles in registers (16 x 16 x 64 multiply-adds each),
     per thread; call only where `amx.available()` is None."""
-    from numba import set_num_threads
-
     set_num_threads(threads)
     scratch = np.ones((threads, 8192), np.uint8)
     tdpbusd_chains_on_each(scratch, 10, threads)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        tdpbusd_chains_on_each(scratch, reps, threads)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * amx.ROWS * amx.ROWS * amx.ROW_BYTES * 4 * reps * threads / best / 1e9
+    best = _fastest(lambda: tdpbusd_chains_on_each(scratch, reps, threads), repeats)
+    return 2 * amx.ROWS * amx.ROWS * amx.ROW_BYTES * amx.PEAK_TILES * reps * threads / best / 1e9
 
 
 def gemm_gflops(threads: int, repeats: int = 5, n: int = N) -> float:
@@ -135,13 +127,9 @@ def gemm_gflops(threads: int, repeats: int = 5, n: int = N) -> float:
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     out = np.empty((n, n), np.float32)
-    best = float("inf")
     with threadpool_limits(limits=threads, user_api="blas"):
         np.matmul(a, b, out=out)  # warm up: page in, pick kernels, start threads
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            np.matmul(a, b, out=out)
-            best = min(best, time.perf_counter() - t0)
+        best = _fastest(lambda: np.matmul(a, b, out=out), repeats)
     return 2 * n**3 / best / 1e9
 
 

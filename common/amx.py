@@ -27,6 +27,7 @@ from common import isa, vnni
 from common.llvm_ir import I8, I32, I64, data, digest, load_at, splat
 
 I1, I16 = ir.IntType(1), ir.IntType(16)
+PEAK_TILES = 4  # C tiles in `chains()`: 2 A x 2 B, the eight tile registers full
 ROWS, ROW_BYTES = 16, 64  # every tile here: 16 rows of 64 bytes (A: pixels x bytes; B: words x 16 x 4; C)
 _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158
 
@@ -225,19 +226,7 @@ def tile(pixels: int, vectors: int, residual: bool):
         vnni.requantize_store(builder, arrays, panel_index, accs, residual)
         return context.get_dummy_value()
 
-    if residual:
-
-        @intrinsic
-        def amx_tile_add(typingctx, x, at, window, w, panel, bias, scale, quant, y, res):
-            return types.void(x, at, window, w, types.int64, bias, scale, quant, y, res), codegen
-
-        return amx_tile_add
-
-    @intrinsic
-    def amx_tile(typingctx, x, at, window, w, panel, bias, scale, quant, y):
-        return types.void(x, at, window, w, types.int64, bias, scale, quant, y), codegen
-
-    return amx_tile
+    return vnni.tile_intrinsic(codegen, residual)
 
 
 @cache
@@ -255,14 +244,14 @@ def chains():
             stride = ir.Constant(I64, ROW_BYTES)
             kib = [builder.gep(at, [ir.Constant(I64, 1024 * k)]) for k in range(8)]
             a, b = [amx.load(kib[k], stride) for k in (0, 1)], [amx.load(kib[k], stride) for k in (2, 3)]
-            start = [amx.zero() for _ in range(4)]
+            start = [amx.zero() for _ in range(PEAK_TILES)]
             before = builder.block
             loop, done = builder.append_basic_block("amx.chains"), builder.append_basic_block("amx.done")
             builder.branch(loop)
             builder.position_at_end(loop)
             step = builder.phi(I64)
-            sums = [builder.phi(TILE) for _ in range(4)]
-            new = [amx.dot(sums[k], a[k // 2], b[k % 2]) for k in range(4)]
+            sums = [builder.phi(TILE) for _ in range(PEAK_TILES)]
+            new = [amx.dot(sums[k], a[k // 2], b[k % 2]) for k in range(PEAK_TILES)]
             following = builder.add(step, ir.Constant(I64, 1))
             builder.cbranch(builder.icmp_signed("<", following, args[1]), loop, done)
             step.add_incoming(ir.Constant(I64, 0), before)
@@ -271,7 +260,7 @@ def chains():
                 phi.add_incoming(s, before)
                 phi.add_incoming(t, loop)
             builder.position_at_end(done)
-            for k in range(4):
+            for k in range(PEAK_TILES):
                 amx.store(kib[4 + k], stride, new[k])
             return context.get_dummy_value()
 

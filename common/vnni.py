@@ -122,6 +122,12 @@ def tile(pixels: int, vectors: int, residual: bool):
         requantize_store(builder, arrays, args[4], accs, residual)
         return context.get_dummy_value()
 
+    return tile_intrinsic(codegen, residual)
+
+
+def tile_intrinsic(codegen, residual: bool):
+    """The int8 tile's intrinsic around its `codegen` (vnni's here, AMX's in common/amx.py): called as
+    `tile(x, at, window, w, panel, bias, scale, quant, y[, res])`, `panel` an int64."""
     if residual:
 
         @intrinsic
